@@ -1,0 +1,3 @@
+from sft_cli.cli import main
+
+main()

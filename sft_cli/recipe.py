@@ -1,0 +1,370 @@
+"""The recipe: schema, YAML loading with line numbers, `--set` overrides, every problem reported at once."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+
+from sft_cli.errors import RecipeError
+
+TEMPLATE_NAMES = ("alpaca", "human_assistant", "special_tokens", "chat")
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+FULL_LR, LORA_LR = 2.0e-5, 2.0e-4
+
+
+class Section(BaseModel):
+    """A recipe section: unknown keys are errors, values are frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(Section):
+    name: str = Field(description="hub id, local folder, or a local .gguf file")
+    gguf_file: str | None = Field(None, description="file name inside `name` when it is a folder holding a .gguf")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
+
+
+class CustomTemplate(Section):
+    prompt: str = Field(description="prompt format with {field} placeholders, e.g. 'Q: {instruction}\\nA: '")
+    response: str = Field("{output}", description="response format (trained under masked loss); EOS follows")
+    special_tokens: list[str] = Field(default_factory=list, description="tokens to add to the tokenizer")
+
+
+def _known_template(name: str) -> str:
+    if name not in TEMPLATE_NAMES:
+        guess = difflib.get_close_matches(name, TEMPLATE_NAMES, n=1)
+        tip = f"did you mean '{guess[0]}'? " if guess else ""
+        raise ValueError(f"unknown template {name!r}; {tip}choose {' | '.join(TEMPLATE_NAMES)} or a custom mapping")
+    return name
+
+
+TemplateSpec = Annotated[
+    Union[
+        Annotated[Annotated[str, AfterValidator(_known_template)], Tag("name")],
+        Annotated[CustomTemplate, Tag("custom")],
+    ],
+    Discriminator(lambda value: "custom" if isinstance(value, (dict, CustomTemplate)) else "name"),
+]
+
+
+class DataSection(Section):
+    path: str = Field(description=".jsonl .json .csv .parquet, a save_to_disk folder, or a hub dataset")
+    format: Literal["alpaca", "prompt_completion", "messages"] | None = Field(
+        None, description="alpaca | prompt_completion | messages; detected from the columns when omitted"
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="map the format's field names to your columns, e.g. {output: answer}"
+    )
+    split: str = Field("train", description="split to read from a hub dataset or a DatasetDict folder")
+    eval_path: str | None = Field(None, description="held-out rows for evaluation (same format)")
+    eval_fraction: float | None = Field(None, gt=0, lt=1, description="or: hold out this share of rows (seeded)")
+    on_bad_row: Literal["error", "skip"] = Field("error", description="error | skip (and count) malformed rows")
+    limit: int | None = Field(None, ge=1, description="use only the first N rows")
+
+
+class EarlyStopping(Section):
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    threshold: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
+    metric: str = Field("eval_loss", description="metric to watch; lower is better for *loss metrics")
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
+    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights (CUDA + bitsandbytes only)")
+
+
+class TrainingSection(Section):
+    learning_rate: float | None = Field(
+        None, gt=0, description=f"peak learning rate; default {FULL_LR:g} full, {LORA_LR:g} LoRA"
+    )
+    epochs: float = Field(3.0, gt=0, description="passes over the training rows")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = Field(8, ge=1, description="examples per device per step")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="steps accumulated per optimizer update")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule"
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
+    seed: int = Field(42, description="seed for data order, eval split and initialisation")
+    eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps (default: 50 when there is eval data)")
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (default: eval_steps, else 500)")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
+    logging_steps: int = Field(10, ge=1, description="log metrics every N steps")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="none | tensorboard | wandb")
+    early_stopping: EarlyStopping | None = Field(None, description="stop when the eval metric stops improving")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU"
+    )
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory")
+
+
+class OutputSection(Section):
+    dir: str | None = Field(None, description="run folder; default runs/<recipe name>-<timestamp>")
+
+
+class Recipe(Section):
+    model: ModelSection
+    data: DataSection
+    template: TemplateSpec = Field(
+        "alpaca", description="alpaca | human_assistant | special_tokens | chat | {prompt, response, special_tokens}"
+    )
+    loss: Literal["masked", "unmasked"] = Field("masked", description="masked: answer + end token | unmasked: all")
+    loss_turns: Literal["all", "last"] = Field("all", description="chats: train every assistant turn, or the last")
+    max_length: int = Field(1024, ge=8, description="longest example in tokens")
+    on_overflow: Literal["drop", "truncate_prompt", "error"] = Field(
+        "drop", description="drop | truncate_prompt (cut the prompt from the left) | error"
+    )
+    lora: LoraSection | None = Field(None, description="LoRA adapters instead of full fine-tuning")
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="expert pass-through to TRL's SFTConfig (checked against its fields)"
+    )
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, raw: Any) -> Any:
+        """`training:` with nothing (or only comments) under it means the defaults, not an error."""
+        if isinstance(raw, dict):
+            raw = {**raw, **{k: {} for k in ("training", "output") if k in raw and raw[k] is None}}
+        return raw
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        problems = []
+        data, training = self.data, self.training
+        if data.eval_path and data.eval_fraction:
+            problems.append("data: give eval_path or eval_fraction, not both")
+        has_eval = bool(data.eval_path or data.eval_fraction)
+        if training.early_stopping and not has_eval:
+            problems.append("training.early_stopping needs eval data: set data.eval_path or data.eval_fraction")
+        if training.early_stopping and training.save_steps and training.eval_steps:
+            if training.save_steps % training.eval_steps:
+                problems.append(
+                    f"training.save_steps ({training.save_steps}) must be a multiple of training.eval_steps "
+                    f"({training.eval_steps}) for early stopping to restore the best checkpoint"
+                )
+        if training.eval_steps and not has_eval:
+            problems.append("training.eval_steps is set but there is no eval data (data.eval_path/eval_fraction)")
+        if data.format == "messages" and self.template != "chat":
+            problems.append("data.format messages needs template: chat")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate in force: the recipe's, else the default for full or LoRA training."""
+        if self.training.learning_rate is not None:
+            return self.training.learning_rate
+        return LORA_LR if self.lora else FULL_LR
+
+    @property
+    def has_eval(self) -> bool:
+        return bool(self.data.eval_path or self.data.eval_fraction)
+
+    @property
+    def eval_steps(self) -> int | None:
+        return self.training.eval_steps or (50 if self.has_eval else None)
+
+    @property
+    def save_steps(self) -> int:
+        return self.training.save_steps or self.eval_steps or 500
+
+    def summary(self) -> str:
+        """One line a user can check at a glance."""
+        template = self.template if isinstance(self.template, str) else "custom"
+        method = f"LoRA r={self.lora.r}" if self.lora else "full fine-tuning"
+        length = f"{self.training.max_steps} steps" if self.training.max_steps else f"{self.training.epochs:g} epochs"
+        return (
+            f"model {self.model.name} | data {self.data.path} ({self.data.format or 'auto'}) | template {template} | "
+            f"{self.loss} loss | max_length {self.max_length} | {method} | lr {self.learning_rate:g} | {length}"
+        )
+
+
+class LoadedRecipe(typing.NamedTuple):
+    """A validated recipe and where it came from (relative paths in it are already resolved)."""
+
+    recipe: Recipe
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+# --- YAML with line numbers --------------------------------------------------------------------------
+
+
+def _key_lines(node: yaml.Node, prefix: tuple = (), lines: dict | None = None, dupes: list | None = None):
+    """Map each key path in a YAML node tree to its 1-based line; collect duplicate keys."""
+    lines = {} if lines is None else lines
+    dupes = [] if dupes is None else dupes
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            path = prefix + (key,)
+            if key in seen:
+                dupes.append(f"{'.'.join(map(str, path))} (line {key_node.start_mark.line + 1}): duplicate key")
+            seen.add(key)
+            lines[path] = key_node.start_mark.line + 1
+            _key_lines(value_node, path, lines, dupes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[prefix + (i,)] = item.start_mark.line + 1
+            _key_lines(item, prefix + (i,), lines, dupes)
+    return lines, dupes
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """`a.b=c` -> (("a", "b"), c), the value read as a YAML scalar (so 1e-4 is a number, true a bool)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise RecipeError("--set", [f"{text!r}: expected key.path=value, e.g. training.learning_rate=1e-4"])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return tuple(key.strip().split(".")), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> set[tuple[str, ...]]:
+    """Apply `--set` overrides in place; returns the key paths they touched."""
+    touched = set()
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError("--set", [f"{text!r}: {part} is not a section"])
+            node = child
+        node[path[-1]] = value
+        touched.add(path)
+    return touched
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    """Field names allowed at a location in the schema (for did-you-mean)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        if part == "template":
+            candidates.append(CustomTemplate)
+        submodels = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not submodels:
+            return []
+        model = submodels[0]
+    return list(model.model_fields)
+
+
+def _describe(error: dict, lines: dict, touched: set, source: str) -> str:
+    # the template union tags its branches; a user knows the key as plain `template`
+    loc = tuple(p for i, p in enumerate(error["loc"]) if not (i == 1 and error["loc"][0] == "template"))
+    key = ".".join(map(str, loc)) or "(top level)"
+    where = ""
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in touched:
+            where = " (from --set)"
+            break
+        if loc[:n] in lines:
+            where = f" ({source} line {lines[loc[:n]]})"
+            break
+    if error["type"] == "extra_forbidden":
+        allowed = _section_fields(loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        tip = f"; did you mean '{guess[0]}'?" if guess else (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        return f"{key}{where}: unknown key{tip}"
+    if error["type"] == "missing":
+        return f"{key}{where}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("value_error",) or not loc:
+        return f"{key}{where}: {message}" if loc else message
+    return f"{key}{where}: {message} (got {error['input']!r})"
+
+
+def _resolve_local(base: Path, value: str | None, suffixes: tuple[str, ...]) -> str | None:
+    """A relative local path resolves against the recipe's folder; a hub id is left as it is."""
+    if value is None:
+        return None
+    candidate = Path(value).expanduser()
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    looks_local = value.startswith((".", "/", "~")) or value.endswith(suffixes) or candidate.exists()
+    return str(candidate.resolve()) if looks_local else value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> LoadedRecipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem with its key and line."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise RecipeError(source, ["file not found"], hint="`sft init` writes a starter recipe")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(source, [f"{line}YAML syntax error: {problem}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(source, ["the top level must be a mapping of sections (model:, data:, ...)"])
+    lines, problems = _key_lines(node) if node is not None else ({}, [])
+    touched = apply_overrides(raw, overrides or [])
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems += [_describe(e, lines, touched, path.name) for e in exc.errors()]
+        raise RecipeError(source, problems, hint="`sft init` writes a commented recipe with every key") from None
+    if problems:
+        raise RecipeError(source, problems)
+    recipe = _resolve_paths(recipe, path.parent.resolve())
+    if check_files:
+        _check_files(recipe, source)
+    return LoadedRecipe(recipe, path)
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    data = recipe.data.model_copy(
+        update={
+            "path": _resolve_local(base, recipe.data.path, DATA_SUFFIXES),
+            "eval_path": _resolve_local(base, recipe.data.eval_path, DATA_SUFFIXES),
+        }
+    )
+    model = recipe.model.model_copy(update={"name": _resolve_local(base, recipe.model.name, (".gguf",))})
+    output = recipe.output
+    if output.dir:
+        output = output.model_copy(update={"dir": str((base / Path(output.dir).expanduser()).resolve())})
+    return recipe.model_copy(update={"data": data, "model": model, "output": output})
+
+
+def _check_files(recipe: Recipe, source: str) -> None:
+    """Local files the recipe names must exist; hub ids cannot be checked offline and are left alone."""
+    problems = []
+    for key, value in (("model.name", recipe.model.name), ("data.path", recipe.data.path),
+                       ("data.eval_path", recipe.data.eval_path)):
+        if value and Path(value).is_absolute() and not Path(value).exists():
+            problems.append(f"{key}: not found: {value}")
+    if problems:
+        raise RecipeError(source, problems)

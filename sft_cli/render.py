@@ -1,0 +1,75 @@
+"""Rich rendering of library results for the terminal (the CLI's view layer)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from sft_cli.preview import Preview, Token
+
+VISIBLE = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}
+TRAINED_STYLE, MASKED_STYLE, SPECIAL_STYLE = "bold green underline", "grey50", "magenta"
+
+
+def visible(text: str) -> str:
+    """Whitespace made visible: a trap hidden in a space or newline shows."""
+    return "".join(VISIBLE.get(ch, ch) for ch in text)
+
+
+def token_text(tokens: list[Token], show_ids: bool) -> Text:
+    """Tokens separated by a thin bar; trained runs in green and inside ⟦ ⟧ (a cue that survives no colour)."""
+    text = Text()
+    in_trained = False
+    previous = ""
+    for token in tokens:
+        if token.trained != in_trained:
+            text.append("⟦" if token.trained else "⟧", style="bold green")
+        elif previous and not previous.endswith("\n"):
+            text.append("|", style="grey30")
+        in_trained, previous = token.trained, token.text
+        style = TRAINED_STYLE if token.trained else MASKED_STYLE
+        if token.special:
+            style = f"{style} {SPECIAL_STYLE}" if token.trained else SPECIAL_STYLE
+        shown = visible(token.text)
+        newline = "\n" if shown.endswith("\n") else ""
+        text.append(shown.removesuffix("\n"), style=style)
+        if show_ids:
+            text.append(f"({token.id})", style="cyan")
+        text.append(newline)
+    if in_trained:
+        text.append("⟧", style="bold green")
+    return text
+
+
+def render_preview(console: Console, preview: Preview, show_ids: bool = False) -> None:
+    console.print(
+        Text.assemble("legend: ", ("⟦trained⟧", TRAINED_STYLE), " ", ("masked", MASKED_STYLE), " ",
+                      ("<special>", SPECIAL_STYLE), "  · space  ↵ newline  → tab  | token boundary")
+    )
+    for view in preview.shown:
+        e = view.example
+        trained = sum(t.trained for t in view.tokens)
+        flags = " · truncated" if e.truncated else ""
+        console.rule(f"row {e.row} · {len(e.input_ids)} tokens · {trained} trained{flags}", align="left")
+        console.print(token_text(view.tokens, show_ids), soft_wrap=True)
+    stats = preview.encoded.stats
+    table = Table(title=f"{preview.split} split", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("rows", str(stats.rows))
+    table.add_row("examples kept", str(stats.examples))
+    table.add_row("dropped (overflow / nothing trained)", str(stats.dropped))
+    table.add_row("truncated", str(stats.truncated))
+    table.add_row("skipped bad rows", str(stats.skipped))
+    table.add_row("tokens per example (mean / max / max_length)",
+                  f"{stats.mean_tokens:.1f} / {stats.max_tokens} / {stats.max_length}")
+    table.add_row("trained tokens", f"{stats.trained_tokens} of {stats.total_tokens} ({stats.trained_share:.1%})")
+    console.print(table)
+    for number, reason in stats.skipped_rows[:5]:
+        console.print(f"[yellow]skipped[/] row {number}: {reason}", highlight=False)
+    for warning in preview.encoded.warnings:
+        rows = ", ".join(map(str, warning.rows[:5])) + (f" (+{len(warning.rows) - 5} more)" if len(warning.rows) > 5 else "")
+        detail = f" [{warning.detail}]" if warning.detail else ""
+        console.print(f"[yellow]warning:[/] {warning.kind}: {warning.message}. rows {rows}{detail}", highlight=False,
+                      soft_wrap=True)
