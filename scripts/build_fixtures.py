@@ -97,16 +97,14 @@ def fetch_smollm2_gguf(target: Path) -> Path:
 
 def build_smollm2(target: Path, gguf_dir: Path) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from sft_cli.loading import load_model
+    from sft_cli.recipe import ModelSection
 
     gguf = fetch_smollm2_gguf(gguf_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    config.quantization_config = None
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
+    model = load_model(ModelSection(name=str(gguf)), torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(target)

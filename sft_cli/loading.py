@@ -1,4 +1,4 @@
-"""Where a model lives (hub id, folder, .gguf file) and loading its tokenizer; transformers is imported lazily."""
+"""Where a model lives (hub id, folder, .gguf file) and loading it and its tokenizer (transformers, lazily)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def model_location(model: ModelSection) -> tuple[str, dict]:
     return name, kwargs
 
 
+def _cannot_load(what: str, name: str, exc: Exception) -> SftError:
+    return SftError(
+        f"model.name: cannot load the {what} from {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+        hint="give a hub id (needs internet), a local model folder, or a .gguf file",
+    )
+
+
 def load_tokenizer(recipe: Recipe):
     """The recipe's tokenizer, with the template's special tokens and a pad token added."""
     from transformers import AutoTokenizer
@@ -33,11 +40,31 @@ def load_tokenizer(recipe: Recipe):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as exc:
-        raise SftError(
-            f"model.name: cannot load a tokenizer from {name}: {str(exc).splitlines()[0]}",
-            hint="give a hub id (needs internet), a local model folder, or a .gguf file",
-        ) from None
+        raise _cannot_load("tokenizer", name, exc) from None
     if recipe.template == "chat":
         check_chat_template(tokenizer)
     prepare_tokenizer(tokenizer, recipe)
     return tokenizer
+
+
+def load_model(model: ModelSection, dtype, quantization_config=None):
+    """A causal LM in `dtype`. A GGUF checkpoint is dequantized and rebuilt as a plain model, because
+    transformers refuses to save a GGUF-loaded model; the rebuilt one saves as normal safetensors."""
+    from transformers import AutoModelForCausalLM
+
+    name, kwargs = model_location(model)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _cannot_load("model", name, exc) from None
+    if "gguf_file" not in kwargs:
+        return loaded
+    config = loaded.config
+    del config.quantization_config
+    config.name_or_path = name
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model.trust_remote_code)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    return plain

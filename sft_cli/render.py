@@ -73,3 +73,14 @@ def render_preview(console: Console, preview: Preview, show_ids: bool = False) -
         detail = f" [{warning.detail}]" if warning.detail else ""
         console.print(f"[yellow]warning:[/] {warning.kind}: {warning.message}. rows {rows}{detail}", highlight=False,
                       soft_wrap=True)
+
+
+def render_plan(console: Console, plan) -> None:
+    """The --dry-run plan: what a run would do, without doing it."""
+    table = Table(title="plan (dry run: nothing trained)", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in plan.as_dict().items():
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        table.add_row(key.replace("_", " "), shown)
+    console.print(table)

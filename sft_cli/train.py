@@ -1,0 +1,570 @@
+"""`sft train`: recipe -> encoded dataset -> TRL SFTTrainer (+PEFT, +Accelerate) -> a complete run folder.
+
+Read top to bottom: `plan` (everything that can fail fails before training), `train` (the run), `finish`
+(atomic final save, metrics, plot, run.json). The dataset handed to TRL is the output of `encode_rows`, the
+function `sft preview` shows; TRL is told to skip its own preparation, so it neither re-tokenizes nor re-masks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from sft_cli.errors import SftError
+from sft_cli.recipe import LoadedRecipe, Recipe
+
+RUN_FILE, METRICS_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "loss.png"
+TEMPLATE_FILE, RECIPE_FILE, CHECKPOINTS = "sft_template.json", "recipe.yaml", "checkpoints"
+# Keys sft sets from the recipe itself; trainer_args may not change where outputs go or how data is prepared.
+RESERVED_TRAINER_ARGS = {"output_dir", "dataset_kwargs", "remove_unused_columns", "max_length", "packing"}
+
+
+class Reporter(Protocol):
+    """How the run talks to the user; the CLI renders it (rich), tests may record it."""
+
+    def note(self, message: str) -> None: ...
+    def start(self, total_steps: int) -> None: ...
+    def update(self, step: int, metrics: dict[str, float]) -> None: ...
+    def stop(self) -> None: ...
+
+
+class SilentReporter:
+    def note(self, message: str) -> None: ...
+    def start(self, total_steps: int) -> None: ...
+    def update(self, step: int, metrics: dict[str, float]) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Plan:
+    """What a run will do, known before any step: printed by --dry-run and recorded in run.json."""
+
+    run_dir: Path
+    device: str
+    precision: str
+    world_size: int
+    train_examples: int
+    eval_examples: int
+    train_tokens: int
+    trained_tokens: int
+    steps: int
+    dropped: int
+    truncated: int
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    new_tokens: list[str] = field(default_factory=list)
+    resume_from: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+# --- decisions made from the recipe and the hardware ---------------------------------------------------
+
+
+def distributed_state():
+    """Accelerate's process state; on a machine without GPU it must be told so to form a gloo group."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=no_gpu())
+
+
+def pick_precision(requested: str) -> tuple[str, str]:
+    """(device, precision): bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (bf16 is ~8x slower
+    there). An explicit choice is honoured where the hardware can run it."""
+    import torch
+
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)})"
+        auto = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    else:
+        device, auto = "cpu", "fp32"
+        if requested == "fp16":
+            raise SftError("training.precision: fp16 needs a CUDA GPU", hint="use precision: auto (fp32 on CPU)")
+    return device, auto if requested == "auto" else requested
+
+
+def no_gpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def trainer_arg_names() -> set[str]:
+    """Field names of TRL's SFTConfig (which extends transformers' TrainingArguments)."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    return {f.name for f in dataclasses.fields(SFTConfig)}
+
+
+def check_trainer_args(recipe: Recipe, names: set[str]) -> None:
+    import difflib
+
+    problems = []
+    for key in recipe.trainer_args:
+        if key in RESERVED_TRAINER_ARGS:
+            problems.append(f"trainer_args.{key}: set by sft itself; use the recipe's own keys")
+        elif key not in names:
+            guess = difflib.get_close_matches(key, sorted(names), n=1)
+            problems.append(f"trainer_args.{key}: not an SFTConfig field" + (f"; did you mean '{guess[0]}'?" if guess
+                                                                               else ""))
+    if problems:
+        from sft_cli.errors import RecipeError
+
+        raise RecipeError("recipe", problems, hint="see TRL's SFTConfig and transformers' TrainingArguments")
+
+
+def default_run_dir(loaded: LoadedRecipe) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{loaded.name}-{stamp}"
+
+
+def latest_run_dir(loaded: LoadedRecipe) -> Path | None:
+    runs = sorted(Path("runs").glob(f"{loaded.name}-*")) if Path("runs").is_dir() else []
+    return runs[-1] if runs else None
+
+
+def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple[Path, str | None]:
+    """The run folder and the checkpoint to resume from; an existing run is never replaced silently."""
+    recipe = loaded.recipe
+    run_dir = Path(recipe.output.dir) if recipe.output.dir else None
+    if resume:
+        run_dir = run_dir or latest_run_dir(loaded)
+        if run_dir is None or not run_dir.is_dir():
+            raise SftError(f"--resume: no run to resume for {loaded.path.name}",
+                           hint="set output.dir to the run folder, e.g. --set output.dir=runs/NAME")
+        checkpoint = last_checkpoint(run_dir)
+        if checkpoint is None:
+            raise SftError(f"--resume: {run_dir} has no checkpoint", hint="start afresh with --overwrite")
+        return run_dir, str(checkpoint)
+    run_dir = run_dir or default_run_dir(loaded)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise SftError(f"{run_dir} already holds a run",
+                           hint="--resume continues it from its last checkpoint; --overwrite replaces it")
+    return run_dir, None
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = sorted((run_dir / CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    complete = [c for c in checkpoints if (c / "trainer_state.json").exists()]
+    return complete[-1] if complete else None
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+def to_dataset(examples):
+    import datasets
+
+    return datasets.Dataset.from_dict({
+        "input_ids": [e.input_ids for e in examples],
+        "labels": [e.labels for e in examples],
+        "row": [e.row for e in examples],
+    })
+
+
+def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool, extra: dict):
+    from trl import SFTConfig
+
+    t = recipe.training
+    early = t.early_stopping
+    args = dict(
+        output_dir=str(run_dir / CHECKPOINTS),
+        learning_rate=recipe.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a share of the steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=recipe.eval_steps if has_eval else None,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=bool(early),
+        metric_for_best_model=early.metric if early else None,
+        greater_is_better=(not early.metric.endswith("loss")) if early else None,
+        report_to=[] if t.report_to == "none" else [t.report_to],
+        use_cpu=no_gpu(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        max_length=None,
+    )
+    if t.gradient_checkpointing:
+        args["activation_checkpointing"] = True
+    args.update(extra)
+    return SFTConfig(**args)
+
+
+class RowCollator:
+    """TRL's collator, after taking the `row` column off each example and noting the rows of the first batch
+    (run.json shows which rows each process got first, so distributed runs can be checked)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.first_rows: list[int] | None = None
+
+    def __call__(self, examples):
+        rows = [e.pop("row") for e in examples]
+        if self.first_rows is None:
+            self.first_rows = rows
+        return self.inner(examples)
+
+
+def make_callbacks(recipe: Recipe, run_dir: Path, reporter: Reporter, is_main: bool, state: dict):
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    class Monitor(TrainerCallback):
+        """Writes metrics.jsonl, drives the progress view, and turns Ctrl-C into save-and-stop."""
+
+        def __init__(self):
+            self.start_time = time.perf_counter()
+            self.previous: signal.Handlers | None = None
+
+        def on_train_begin(self, args, st, control, **kwargs):
+            self.start_time = time.perf_counter()
+            self.start_tokens = st.num_input_tokens_seen
+            self.previous = signal.signal(signal.SIGINT, self._interrupt)
+            if is_main:
+                reporter.start(st.max_steps)
+
+        def _interrupt(self, signum, frame):
+            if state.get("interrupted"):  # second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            state["interrupted"] = True
+            if is_main:
+                reporter.note("interrupt: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
+
+        def on_step_end(self, args, st, control, **kwargs):
+            if state.get("stop_at_step") == st.global_step:
+                os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during this step
+            if state.get("interrupted"):
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_log(self, args, st, control, logs=None, **kwargs):
+            if not is_main or not logs:
+                return
+            elapsed = time.perf_counter() - self.start_time
+            tokens = st.num_input_tokens_seen - self.start_tokens
+            record = {"step": st.global_step, "epoch": round(st.epoch or 0, 4), **logs}
+            if "loss" in logs:
+                record["tokens_per_s"] = round(tokens / elapsed, 1) if elapsed > 0 else None
+            with (run_dir / METRICS_FILE).open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            reporter.update(st.global_step, record)
+
+        def on_train_end(self, args, st, control, **kwargs):
+            if self.previous is not None:
+                signal.signal(signal.SIGINT, self.previous)
+            state["train_seconds"] = time.perf_counter() - self.start_time
+            state["tokens_seen"] = st.num_input_tokens_seen - self.start_tokens
+            if is_main:
+                reporter.stop()
+
+    callbacks = [Monitor()]
+    early = recipe.training.early_stopping
+    if early:
+        callbacks.append(EarlyStoppingCallback(early.patience, early.threshold))
+    return callbacks
+
+
+def lora_model(model, recipe: Recipe, new_token_ids: list[int]):
+    """Wrap in PEFT LoRA. The embedding rows of the template's special tokens train too, and are saved in the
+    adapter. Only input-embedding rows: TRL's fused LM head reads the output layer's weights directly, past any
+    PEFT wrapper, so output-layer rows stay at their mean initialisation (tied models share them anyway)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = recipe.lora
+    trainable_tokens = None
+    if new_token_ids:
+        names = {module: name for name, module in model.named_modules()}
+        trainable_tokens = {names[model.get_input_embeddings()].split(".")[-1]: list(new_token_ids)}
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        task_type="CAUSAL_LM", trainable_token_indices=trainable_tokens,
+    )
+    peft_model = get_peft_model(model, config)
+    output = peft_model.get_output_embeddings()
+    original = getattr(output, "original_module", None)
+    if original is not None and "bias" not in dir(output):
+        # PEFT wraps a tied output layer but does not expose its `bias`, which TRL's fused LM head reads
+        output.bias = original.bias
+    return peft_model
+
+
+def quantization(recipe: Recipe):
+    if not (recipe.lora and recipe.lora.load_in_4bit):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SftError("lora.load_in_4bit (QLoRA) needs a CUDA GPU", hint="set lora.load_in_4bit: false on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise SftError("lora.load_in_4bit needs bitsandbytes", hint="pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                              bnb_4bit_use_double_quant=True)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    plan: Plan
+    stop_reason: str
+    resume_command: str | None = None
+
+
+@dataclass
+class Session:
+    """A prepared run: everything loaded and checked, the trainer built, nothing trained yet."""
+
+    loaded: LoadedRecipe
+    plan: Plan
+    tokenizer: Any
+    trainer: Any = None
+    collator: Any = None
+    state: dict = field(default_factory=dict)
+    is_main: bool = True
+    overwrite: bool = False
+    reporter: Any = None
+
+
+def prepare(
+    loaded: LoadedRecipe, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
+    reporter: Reporter | None = None, stop_at_step: int | None = None,
+) -> Session:
+    """Load and check everything that can fail before the first step; build the trainer unless dry_run.
+    `stop_at_step` delivers a real Ctrl-C at that step (tests of interrupt and resume use it)."""
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    from sft_cli.data import load_rows
+    from sft_cli.encode import encode_rows
+    from sft_cli.loading import load_model, load_tokenizer
+    from sft_cli.templates import extra_special_tokens
+
+    reporter = reporter or SilentReporter()
+    recipe = loaded.recipe
+    check_trainer_args(recipe, trainer_arg_names())
+    distributed = distributed_state()
+    if distributed.is_main_process:  # decided once (a default folder name holds a timestamp), shared by all ranks
+        decided = [choose_run_dir(loaded, resume, overwrite)]
+    else:
+        decided = [None]
+    try:
+        run_dir, resume_from = broadcast_object_list(decided)[0] if distributed.num_processes > 1 else decided[0]
+    except TypeError:  # rank 0 raised; the others stop quietly, rank 0 explains
+        raise SystemExit(2) from None
+    device, precision = pick_precision(recipe.training.precision)
+    quant = quantization(recipe)
+
+    # the same rows and the same encode function as `sft preview`
+    tokenizer = load_tokenizer(recipe)
+    train_set = encode_rows(load_rows(recipe, "train"), tokenizer, recipe, diagnose=False)
+    eval_set = encode_rows(load_rows(recipe, "eval"), tokenizer, recipe, diagnose=False) if recipe.has_eval else None
+    if not train_set.examples:
+        raise SftError("no training examples left after encoding",
+                       hint="run `sft preview` to see why rows were dropped (max_length, on_overflow)")
+    world = distributed.num_processes
+    per_step = recipe.training.batch_size * recipe.training.gradient_accumulation_steps * world
+    steps = recipe.training.max_steps or max(1, int(-(-len(train_set.examples) // per_step) * recipe.training.epochs))
+    plan = Plan(
+        run_dir=run_dir, device=device, precision=precision, world_size=world,
+        train_examples=len(train_set.examples), eval_examples=len(eval_set.examples) if eval_set else 0,
+        train_tokens=train_set.stats.total_tokens, trained_tokens=train_set.stats.trained_tokens, steps=steps,
+        dropped=train_set.stats.dropped, truncated=train_set.stats.truncated, resume_from=resume_from,
+    )
+    # fp16 mixed precision keeps fp32 master weights; bf16 trains in bf16
+    model = load_model(recipe.model, torch.bfloat16 if precision == "bf16" else torch.float32, quant)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    plan.new_tokens = extra_special_tokens(recipe.template)
+    if recipe.lora:
+        model = lora_model(model, recipe, tokenizer.convert_tokens_to_ids(plan.new_tokens))
+    plan.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    plan.total_parameters = sum(p.numel() for p in model.parameters())
+    session = Session(loaded, plan, tokenizer, is_main=distributed.is_main_process, overwrite=overwrite)
+    if dry_run:
+        return session
+
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    session.state = {"stop_at_step": stop_at_step}
+    session.collator = RowCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id))
+    session.trainer = SFTTrainer(
+        model=model,
+        args=sft_config(recipe, run_dir, precision, eval_set is not None, recipe.trainer_args),
+        train_dataset=to_dataset(train_set.examples),
+        eval_dataset=to_dataset(eval_set.examples) if eval_set else None,
+        processing_class=tokenizer,
+        data_collator=session.collator,
+        callbacks=make_callbacks(recipe, run_dir, reporter, session.is_main, session.state),
+    )
+    session.trainer.remove_callback(PrinterCallback)  # our progress view replaces the raw log dicts
+    session.reporter = reporter
+    return session
+
+
+def run(session: Session, argv: list[str] | None = None) -> RunResult:
+    """Train a prepared session, then save everything (rank 0 only)."""
+
+    plan, trainer, loaded = session.plan, session.trainer, session.loaded
+    run_dir = plan.run_dir
+    reporter = session.reporter or SilentReporter()
+    if session.is_main:
+        if run_dir.exists() and session.overwrite and not plan.resume_from:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        reporter.note(f"run folder {run_dir} | {plan.device} | {plan.precision} | {plan.train_examples} examples | "
+                      f"{plan.steps} steps | {plan.trainable_parameters:,} trainable parameters")
+    distributed_state().wait_for_everyone()
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=plan.resume_from)
+    wall = time.perf_counter() - started
+    rows_by_rank = distributed_rows(session.collator.first_rows)
+
+    if session.state.get("interrupted"):
+        stop_reason = "interrupted"
+    elif trainer.state.global_step < trainer.state.max_steps:
+        stop_reason = "early_stopping"
+    else:
+        stop_reason = "completed"
+    result = RunResult(run_dir, plan, stop_reason)
+    if stop_reason == "interrupted":
+        command = " ".join(argv or ["sft", "train", str(loaded.path)])
+        if "--resume" not in command:
+            command += f" --resume --set output.dir={run_dir}"
+        result.resume_command = command
+    if session.is_main:
+        finish(trainer, session.tokenizer, loaded, result, wall, session.state, rows_by_rank)
+    distributed_state().wait_for_everyone()
+    return result
+
+
+def train(loaded: LoadedRecipe, *, argv: list[str] | None = None, **options) -> RunResult:
+    """Run a recipe end to end (options as for `prepare`)."""
+    session = prepare(loaded, **options)
+    if options.get("dry_run"):
+        return RunResult(session.plan.run_dir, session.plan, "dry_run")
+    return run(session, argv)
+
+
+def distributed_rows(first_rows: list[int] | None) -> list[list[int]]:
+    """Each process's first-batch rows, gathered (a list of one when not distributed)."""
+    from accelerate.utils import gather_object
+
+    return gather_object([first_rows or []])
+
+
+def finish(trainer, tokenizer, loaded: LoadedRecipe, result: RunResult, wall: float, state: dict, rows_by_rank):
+    """Save the final model atomically (aside, then moved in), the template, recipe, plot and run.json."""
+    run_dir, recipe = result.run_dir, loaded.recipe
+    if result.stop_reason != "interrupted":
+        aside = run_dir / ".final.partial"
+        shutil.rmtree(aside, ignore_errors=True)
+        trainer.model.save_pretrained(aside)
+        tokenizer.save_pretrained(aside)
+        save_template(aside, recipe)
+        for item in aside.iterdir():
+            target = run_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        aside.rmdir()
+    (run_dir / RECIPE_FILE).write_text(resolved_recipe_yaml(recipe), encoding="utf-8")
+    plot_losses(run_dir / METRICS_FILE, run_dir / PLOT_FILE)
+    seconds = state.get("train_seconds") or wall
+    tokens = state.get("tokens_seen", 0)
+    record = {
+        "stop_reason": result.stop_reason,
+        "plan": result.plan.as_dict(),
+        "global_step": trainer.state.global_step,
+        "best_metric": trainer.state.best_metric,
+        "wall_seconds": round(wall, 2),
+        "tokens_seen": tokens,
+        "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+        "first_batch_rows_by_rank": rows_by_rank,
+        "resume_command": result.resume_command,
+        "versions": versions(),
+        "recipe": recipe.model_dump(mode="json"),
+    }
+    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+
+def save_template(folder: Path, recipe: Recipe) -> None:
+    """The template and masking choices, so generation renders prompts exactly as training did."""
+    template = recipe.template if isinstance(recipe.template, str) else recipe.template.model_dump()
+    data = {"template": template, "loss": recipe.loss, "loss_turns": recipe.loss_turns,
+            "max_length": recipe.max_length, "base_model": recipe.model.model_dump(), "lora": bool(recipe.lora)}
+    (folder / TEMPLATE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def resolved_recipe_yaml(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("sft-cli", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def plot_losses(metrics: Path, target: Path) -> None:
+    if not metrics.exists():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for points, label in ((train, "train loss"), (evals, "eval loss")):
+        if points:
+            ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,184 @@
+"""Training for real on the tiny model: loss falls, masking reaches the loss, early stopping, LoRA, resume,
+two processes, and bad recipes failing before any model loads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import ALPACA_ROWS, write_jsonl
+from sft_cli.cli import app
+from sft_cli.encode import IGNORE
+from sft_cli.recipe import load_recipe
+from sft_cli.train import prepare, run, train
+
+runner = CliRunner()
+REPEATED = ALPACA_ROWS * 4
+
+
+def recipe_file(tmp_path: Path, model: Path, rows=REPEATED, **fields) -> Path:
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    training = {"batch_size": 4, "learning_rate": 3e-3, "max_steps": 12, "logging_steps": 1, "warmup_ratio": 0.0,
+                "lr_scheduler": "constant", "save_steps": 4, **fields.pop("training", {})}
+    recipe = {"model": {"name": str(model)}, "data": {"path": data.name, **fields.pop("data", {})},
+              "max_length": 64, "training": training, "output": {"dir": "run"}, **fields}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_the_run_folder_is_complete(tmp_path, tiny_path):
+    result = train(load_recipe(recipe_file(tmp_path, tiny_path, training={"max_steps": 20})))
+    run_dir = result.run_dir
+    losses = [m["loss"] for m in metrics(run_dir) if "loss" in m]
+    assert result.stop_reason == "completed" and len(losses) == 20
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "sft_template.json", "recipe.yaml",
+                 "loss.png", "run.json", "metrics.jsonl"):
+        assert (run_dir / name).exists(), name
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["plan"]["precision"] == "fp32" and record["plan"]["device"] == "cpu"
+    assert record["tokens_per_s"] > 0 and record["global_step"] == 20 and record["versions"]["trl"]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(run_dir).config.vocab_size > 0
+    assert not (run_dir / ".final.partial").exists()
+
+
+@pytest.mark.parametrize("loss", ["masked", "unmasked"])
+def test_trainer_batches_carry_preview_labels_and_loss_covers_exactly_them(tmp_path, tiny_path, loss):
+    path = recipe_file(tmp_path, tiny_path, rows=ALPACA_ROWS, loss=loss)
+    preview = runner.invoke(app, ["preview", str(path), "--json", "--limit", "10"])
+    expected = {e["index"]: e["labels"] for e in json.loads(preview.stdout)["examples"]}
+    session = prepare(load_recipe(path))
+    trainer = session.trainer
+    batch = next(iter(trainer.get_train_dataloader()))
+    rows = session.collator.first_rows
+    for row, labels, mask in zip(rows, batch["labels"].tolist(), batch["attention_mask"].tolist()):
+        assert labels[: sum(mask)] == expected[row]  # the very labels preview printed
+        assert all(label == IGNORE for label in labels[sum(mask):])  # padding never trained
+    if loss == "unmasked":
+        assert all(lab == tok for lab, tok, m in zip(batch["labels"].flatten().tolist(),
+                                                    batch["input_ids"].flatten().tolist(),
+                                                    batch["attention_mask"].flatten().tolist()) if m)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        logits = model(**inputs).logits
+        reported = trainer.compute_loss(model, dict(batch))
+    shifted = batch["labels"][:, 1:]
+    token_losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1), reduction="none")
+    trained = shifted.reshape(-1) != IGNORE
+    independent = token_losses[trained].mean()
+    assert torch.allclose(reported, independent, atol=1e-5)
+    if loss == "masked":  # answer tokens only: fewer than all real tokens
+        assert trained.sum() < batch["attention_mask"][:, 1:].sum()
+
+
+def test_early_stopping_stops_when_eval_loss_rises(tmp_path, tiny_path):
+    conflicting = [{**r, "output": r["output"][::-1] + " no"} for r in ALPACA_ROWS]
+    write_jsonl(tmp_path / "eval.jsonl", conflicting)
+    path = recipe_file(tmp_path, tiny_path, data={"eval_path": "eval.jsonl"}, training={
+        "max_steps": 60, "eval_steps": 2, "save_steps": 2, "learning_rate": 1e-2,
+        "early_stopping": {"patience": 2}})
+    result = train(load_recipe(path))
+    evals = [m["eval_loss"] for m in metrics(result.run_dir) if "eval_loss" in m]
+    assert result.stop_reason == "early_stopping" and json.loads(
+        (result.run_dir / "run.json").read_text())["global_step"] < 60
+    assert min(evals) < evals[-1], evals
+
+
+def test_lora_adapter_saves_reloads_and_trains_new_token_rows(tmp_path, tiny_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = recipe_file(tmp_path, tiny_path, template="special_tokens", loss="unmasked", lora={"r": 4, "alpha": 8},
+                       training={"learning_rate": 1e-2})
+    result = train(load_recipe(path))
+    run_dir = result.run_dir
+    assert (run_dir / "adapter_config.json").exists() and not (run_dir / "model.safetensors").exists()
+    assert result.plan.trainable_parameters < result.plan.total_parameters / 5
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    response_id = tokenizer.convert_tokens_to_ids("<|response|>")
+    base = AutoModelForCausalLM.from_pretrained(tiny_path)
+    base.resize_token_embeddings(len(tokenizer))
+    initial_row = base.get_input_embeddings().weight[response_id].clone()
+    tuned = PeftModel.from_pretrained(base, run_dir)
+    merged = tuned.merge_and_unload()
+    assert not torch.allclose(merged.get_input_embeddings().weight[response_id], initial_row)
+    ids = tokenizer("<|instruction|> hi <|response|>", return_tensors="pt")
+    plain = AutoModelForCausalLM.from_pretrained(tiny_path)
+    plain.resize_token_embeddings(len(tokenizer))
+    assert not torch.allclose(merged(**ids).logits, plain(**ids).logits)
+
+
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, tiny_path):
+    straight = train(load_recipe(recipe_file(tmp_path / "a", tiny_path)))
+    path = recipe_file(tmp_path / "b", tiny_path)
+    interrupted = train(load_recipe(path), stop_at_step=6)
+    assert interrupted.stop_reason == "interrupted" and "--resume" in interrupted.resume_command
+    assert not (interrupted.run_dir / "model.safetensors").exists()
+    resumed = train(load_recipe(path), resume=True)
+    assert resumed.plan.resume_from.endswith("checkpoint-6") and resumed.stop_reason == "completed"
+    a = load_file(straight.run_dir / "model.safetensors")
+    b = load_file(resumed.run_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_existing_run_is_never_overwritten_silently(tmp_path, tiny_path):
+    path = recipe_file(tmp_path, tiny_path, training={"max_steps": 2})
+    assert runner.invoke(app, ["train", str(path)]).exit_code == 0
+    again = runner.invoke(app, ["train", str(path)])
+    assert again.exit_code == 2 and "already holds a run" in again.output and "--overwrite" in again.output
+    assert runner.invoke(app, ["train", str(path), "--overwrite"]).exit_code == 0
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_path):
+    result = runner.invoke(app, ["train", str(recipe_file(tmp_path, tiny_path)), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "trainable parameters" in result.output and "fp32" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"trainer_args": {"gradient_checkpointin": True}}, "did you mean 'gradient_checkpointing'"),
+    ({"trainer_args": {"output_dir": "x"}}, "set by sft itself"),
+    ({"training": {"precision": "fp16"}}, "fp16 needs a CUDA GPU"),
+    ({"lora": {"load_in_4bit": True}}, "needs a CUDA GPU"),
+])
+def test_bad_recipes_fail_before_any_model_loads(tmp_path, fields, message):
+    missing_model = tmp_path / "no-such-model"  # loading it would fail differently: proves we stop earlier
+    missing_model.mkdir()
+    result = runner.invoke(app, ["train", str(recipe_file(tmp_path, missing_model, **fields))])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_two_processes_on_cpu(tmp_path, tiny_path):
+    rows = [{"instruction": f"Say {i}", "input": "", "output": str(i)} for i in range(16)]
+    path = recipe_file(tmp_path, tiny_path, rows=rows, training={"max_steps": 3})
+    result = subprocess.run([sys.executable, "-m", "sft_cli", "train", str(path), "--num-processes", "2"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["plan"]["world_size"] == 2
+    first, second = record["first_batch_rows_by_rank"]
+    assert first and second and not set(first) & set(second)
+    steps = [m["step"] for m in metrics(tmp_path / "run") if "loss" in m]
+    assert steps == sorted(set(steps))  # one writer: no step logged twice
+    assert result.stdout.count("completed") == 1
