@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up, then show what SmolLM2-135M would be trained on.
+# The main job on a fresh machine, offline: set up, check the recipe, show what will be trained, fine-tune
+# SmolLM2-135M-Instruct on the bundled task data, then score base and tuned model on the held-out rows and show
+# their answers side by side (about 10 minutes on a 2-core CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/sft validate configs/alpaca.yaml
-.venv/bin/sft preview configs/alpaca.yaml --limit 2
+run_dir="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
+.venv/bin/sft validate configs/quickstart.yaml
+.venv/bin/sft preview configs/quickstart.yaml --limit 2
+.venv/bin/sft train configs/quickstart.yaml --set output.dir="$PWD/$run_dir"
+.venv/bin/sft eval "$run_dir" --data data/tasks/eval.jsonl --base --max-new-tokens 24
+echo "run folder: $run_dir   try: .venv/bin/sft generate $run_dir \"Reverse the letters of the word.\" --input planet"

@@ -74,7 +74,10 @@ def init(
 @command
 def validate(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt) -> None:
     """Check a recipe without loading any model: every problem at once, with its key and line."""
+    from sft_cli.trainer_fields import check_trainer_args, source_field_names
+
     loaded = _load(recipe, set_)
+    check_trainer_args(loaded.recipe.trainer_args, source_field_names(), str(recipe))
     out.print(f"[green]✓[/] {recipe} is valid: {loaded.recipe.summary()}", highlight=False, soft_wrap=True)
 
 
@@ -221,6 +224,145 @@ def train(
         raise typer.Exit(130)
     out.print(f"[green]✓[/] {result.stop_reason}: model, tokenizer, metrics and run.json in {result.run_dir}",
               highlight=False)
+
+
+RunArg = typer.Argument(..., help="A run folder written by `sft train` (or `sft merge`).", show_default=False)
+MaxNewOpt = typer.Option(128, "--max-new-tokens", min=1, help="Longest answer in tokens.")
+TemperatureOpt = typer.Option(0.0, "--temperature", min=0.0, help="0 is greedy; above 0 samples.")
+TopPOpt = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling share (with --temperature).")
+
+
+@command
+def generate(
+    run_dir: Path = RunArg,
+    instruction: Optional[str] = typer.Argument(None, help="The instruction (or use --file)."),
+    input_text: str = typer.Option("", "--input", help="The input field, when the task has one."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Rows (jsonl/json/csv) to answer, in the training "
+                                        "format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --file: write rows + `generated` here."),
+    max_new_tokens: int = MaxNewOpt,
+    temperature: float = TemperatureOpt,
+    top_p: float = TopPOpt,
+) -> None:
+    """Answer with a trained model, prompted exactly as in training (same template, same tokenization)."""
+    from sft_cli.data import detect_format, normalise, read_records
+    from sft_cli.generate import Sampling, generate as generate_answers, load_run
+
+    if (instruction is None) == (file is None):
+        raise SftError("give an instruction or --file, not both", hint='sft generate RUN "Reverse the word." '
+                       "--input stone")
+    if output and output.exists():
+        raise SftError(f"{output} already exists", hint="pick another --output")
+    quiet_libraries()
+    run = load_run(run_dir)
+    sampling = Sampling(max_new_tokens, temperature, top_p)
+    if instruction is not None:
+        out.print(generate_answers(run, [{"instruction": instruction, "input": input_text}], sampling)[0],
+                  highlight=False, markup=False)
+        return
+    records = read_records(str(file))
+    answerable = [{"output": "-", "completion": "-", **record} for record in records]  # rows to answer need no answer
+    fmt = detect_format(answerable[0], {}, str(file)) if records else "alpaca"
+    rows = []
+    for number, fields in enumerate(answerable, 1):
+        try:
+            rows.append(normalise(fields, fmt, {}, keep_extra=True))
+        except ValueError as exc:
+            raise SftError(f"{file} row {number}: {exc}") from None
+    answers = generate_answers(run, rows, sampling)
+    lines = [json.dumps({**record, "generated": answer}, ensure_ascii=False) for record, answer in zip(records, answers)]
+    if output:
+        output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        out.print(f"wrote {len(lines)} rows to {output}")
+    else:
+        sys.stdout.write("\n".join(lines) + "\n")
+
+
+@command
+def chat(
+    run_dir: Path = RunArg,
+    max_new_tokens: int = MaxNewOpt,
+    temperature: float = TemperatureOpt,
+    top_p: float = TopPOpt,
+    system: str = typer.Option("", "--system", help="A system message (chat-template runs)."),
+) -> None:
+    """Talk to a trained model: multi-turn for chat-template runs, one instruction per line otherwise.
+    /reset clears the history, /exit (or end of input) quits."""
+    from sft_cli.generate import Sampling, generate as generate_answers, load_run
+
+    quiet_libraries()
+    run = load_run(run_dir)
+    sampling = Sampling(max_new_tokens, temperature, top_p)
+    multi_turn = run.template == "chat"
+    start = [{"role": "system", "content": system}] if system and multi_turn else []
+    history = list(start)
+    out.print(f"chatting with {run_dir} ({'multi-turn' if multi_turn else 'one instruction per line'}); "
+              "/reset, /exit", highlight=False)
+    for line in sys.stdin:
+        text = line.strip()
+        if text == "/exit":
+            break
+        if text == "/reset":
+            history = list(start)
+            continue
+        if not text:
+            continue
+        if multi_turn:
+            history.append({"role": "user", "content": text})
+            row = {"messages": history + [{"role": "assistant", "content": ""}]}
+        else:
+            row = {"instruction": text, "input": ""}
+        answer = generate_answers(run, [row], sampling)[0]
+        if multi_turn:
+            history.append({"role": "assistant", "content": answer})
+        out.print(f"> {answer}", highlight=False, markup=False)
+
+
+@command
+def eval(
+    run_dir: Path = RunArg,
+    data: Path = typer.Option(..., "--data", help="Rows with answers (same format as training)."),
+    base: bool = typer.Option(False, "--base", help="Also evaluate the untouched base model, side by side."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest generated answer."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Answer-token loss and perplexity, exact match and containment, overall and per `task` column."""
+    from rich.progress import Progress
+
+    from sft_cli.evaluate import evaluate
+    from sft_cli.generate import Sampling
+
+    if not data.exists():
+        raise SftError(f"--data: not found: {data}")
+    quiet_libraries()
+    results = []
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    with Progress(console=err, transient=True) as progress:
+        for is_base in ([True] if base else []) + [False]:
+            task = progress.add_task("base model" if is_base else "tuned model", total=None)
+            results.append(evaluate(run_dir, data, base=is_base, limit=limit, sampling=sampling,
+                                    on_batch=lambda n, t=task: progress.advance(t, n)))
+    if as_json:
+        sys.stdout.write(json.dumps({"results": [r.as_dict() for r in results]}, ensure_ascii=False) + "\n")
+        return
+    from sft_cli.render import render_eval
+
+    render_eval(out, results)
+
+
+@command
+def merge(
+    run_dir: Path = RunArg,
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged model."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
+) -> None:
+    """Merge a LoRA run's adapter into its base: a standard folder any transformers user can load."""
+    from sft_cli.merge import merge_run
+
+    quiet_libraries()
+    target = merge_run(run_dir, output, overwrite)
+    out.print(f"[green]✓[/] merged model in {target}", highlight=False)
 
 
 def main() -> None:

@@ -133,6 +133,20 @@ def _bos_prefix(tokenizer) -> list[int]:
     return []
 
 
+def special_prefix(tokenizer, text: str, template, bos: list[int] | None = None) -> list[int]:
+    """The ids put before an example: the tokenizer's BOS, once; none for `chat`, whose template writes its own,
+    nor for a text that already starts with BOS. `bos` is `_bos_prefix(tokenizer)`, when already known."""
+    bos_text = tokenizer.bos_token or ""
+    if template == "chat" or (bos_text and text.startswith(bos_text)):
+        return []
+    return _bos_prefix(tokenizer) if bos is None else bos
+
+
+def prompt_ids(tokenizer, prompt: str, template) -> list[int]:
+    """Token ids of an inference prompt, exactly as training tokenizes the same prompt text."""
+    return special_prefix(tokenizer, prompt, template) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
 def prepare_tokenizer(tokenizer, recipe: Recipe) -> list[str]:
     """Add the template's special tokens and a pad token; returns the tokens that were new."""
     new = [t for t in extra_special_tokens(recipe.template) if t not in tokenizer.get_vocab()]
@@ -161,9 +175,7 @@ def encode_rows(rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True) ->
     flat = [p.text for ps in pieces for p in ps]
     tokens = tokenizer(flat, add_special_tokens=False, return_offsets_mapping=True) if flat else {
         "input_ids": [], "offset_mapping": []}
-    chat = recipe.template == "chat"
-    bos = [] if chat else _bos_prefix(tokenizer)
-    bos_text = tokenizer.bos_token or ""
+    bos = _bos_prefix(tokenizer)
     stats = Stats(rows=len(rows.rows) + len(rows.skipped), skipped=len(rows.skipped), max_length=recipe.max_length,
                   skipped_rows=list(rows.skipped))
     warnings: dict[str, Warning] = {}
@@ -172,7 +184,7 @@ def encode_rows(rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True) ->
     k = 0
     for row, row_rendered, row_pieces in zip(rows.rows, rendered, pieces):
         ids, labels, removable = [], [], []
-        prefix = [] if bos_text and row_rendered.text.startswith(bos_text) else bos
+        prefix = special_prefix(tokenizer, row_rendered.text, recipe.template, bos)
         ids += prefix
         labels += [IGNORE if recipe.loss == "masked" else t for t in prefix]
         removable += [False] * len(prefix)

@@ -84,3 +84,30 @@ def render_plan(console: Console, plan) -> None:
         shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
         table.add_row(key.replace("_", " "), shown)
     console.print(table)
+
+
+def render_eval(console: Console, results) -> None:
+    """Metrics side by side (base, then tuned), per task family, and a few answers."""
+    table = Table(title="evaluation", title_justify="left")
+    table.add_column("metric", style="bold")
+    for result in results:
+        table.add_column(result.model, justify="right")
+    rows = [("answer loss", lambda r: f"{r.loss:.4f}"), ("perplexity", lambda r: f"{r.perplexity:.2f}"),
+            ("exact match", lambda r: f"{r.overall.as_dict()['exact_match']:.1%}"),
+            ("answer contained", lambda r: f"{r.overall.as_dict()['contains']:.1%}"),
+            ("examples", lambda r: str(r.overall.examples))]
+    for name, value in rows:
+        table.add_row(name, *[value(r) for r in results])
+    tasks = sorted({t for r in results for t in r.by_task})
+    for task in tasks:
+        table.add_row(f"  exact · {task}", *[
+            f"{r.by_task[task].as_dict()['exact_match']:.0%}" if task in r.by_task else "-" for r in results])
+    console.print(table)
+    samples = Table(title="answers", title_justify="left")
+    samples.add_column("row")
+    samples.add_column("expected")
+    for result in results:
+        samples.add_column(result.model)
+    for i, sample in enumerate(results[-1].samples):
+        samples.add_row(str(sample["row"]), sample["expected"], *[r.samples[i]["answer"] for r in results])
+    console.print(samples)

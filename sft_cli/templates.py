@@ -62,34 +62,22 @@ def _instruction(row: dict) -> tuple[str, str]:
     return row["instruction"], row.get("input") or ""
 
 
-def render_alpaca(row: dict, eos: str, with_answer: bool = True) -> Rendered:
+# Built-in instruction templates as (before the instruction, before the input, before the answer).
+INSTRUCTION_MARKERS = {
+    "alpaca": ("### Instruction:\n", "\n### Input:\n", "\n### Response:\n"),
+    "human_assistant": ("### Human:\n", "\n", "\n\n### Assistant:\n"),
+    "special_tokens": ("<|instruction|> ", " <|input|> ", " <|response|> "),
+}
+
+
+def render_instruction(name: str, row: dict, eos: str, with_answer: bool = True) -> Rendered:
+    """A built-in instruction template; the input block is left out when the input is empty."""
+    head, before_input, before_answer = INSTRUCTION_MARKERS[name]
     instruction, input_text = _instruction(row)
-    parts = [("### Instruction:\n", "marker"), (instruction, "prompt")]
+    parts = [(head, "marker"), (instruction, "prompt")]
     if input_text:
-        parts += [("\n### Input:\n", "marker"), (input_text, "prompt")]
-    parts.append(("\n### Response:\n", "marker"))
-    if with_answer:
-        parts.append((row["output"] + eos, "answer"))
-    return _segments(*parts)
-
-
-def render_human_assistant(row: dict, eos: str, with_answer: bool = True) -> Rendered:
-    instruction, input_text = _instruction(row)
-    parts = [("### Human:\n", "marker"), (instruction, "prompt")]
-    if input_text:
-        parts += [("\n", "marker"), (input_text, "prompt")]
-    parts.append(("\n\n### Assistant:\n", "marker"))
-    if with_answer:
-        parts.append((row["output"] + eos, "answer"))
-    return _segments(*parts)
-
-
-def render_special_tokens(row: dict, eos: str, with_answer: bool = True) -> Rendered:
-    instruction, input_text = _instruction(row)
-    parts = [("<|instruction|> ", "marker"), (instruction, "prompt")]
-    if input_text:
-        parts += [(" <|input|> ", "marker"), (input_text, "prompt")]
-    parts.append((" <|response|> ", "marker"))
+        parts += [(before_input, "marker"), (input_text, "prompt")]
+    parts.append((before_answer, "marker"))
     if with_answer:
         parts.append((row["output"] + eos, "answer"))
     return _segments(*parts)
@@ -217,9 +205,4 @@ def render(
         return render_chat(tokenizer, messages, end_tokens or (eos,), loss_turns, with_answer)
     if isinstance(template, CustomTemplate):
         return render_custom(template, row, eos, with_answer)
-    renderer = {
-        "alpaca": render_alpaca,
-        "human_assistant": render_human_assistant,
-        "special_tokens": render_special_tokens,
-    }[template]
-    return renderer(row, eos, with_answer)
+    return render_instruction(template, row, eos, with_answer)

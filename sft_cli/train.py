@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from sft_cli.errors import SftError
+from sft_cli.generate import TEMPLATE_FILE
 from sft_cli.recipe import LoadedRecipe, Recipe
+from sft_cli.trainer_fields import check_trainer_args
 
 RUN_FILE, METRICS_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "loss.png"
-TEMPLATE_FILE, RECIPE_FILE, CHECKPOINTS = "sft_template.json", "recipe.yaml", "checkpoints"
-# Keys sft sets from the recipe itself; trainer_args may not change where outputs go or how data is prepared.
-RESERVED_TRAINER_ARGS = {"output_dir", "dataset_kwargs", "remove_unused_columns", "max_length", "packing"}
+RECIPE_FILE, CHECKPOINTS = "recipe.yaml", "checkpoints"
 
 
 class Reporter(Protocol):
@@ -99,29 +99,12 @@ def no_gpu() -> bool:
 
 
 def trainer_arg_names() -> set[str]:
-    """Field names of TRL's SFTConfig (which extends transformers' TrainingArguments)."""
+    """Field names of TRL's SFTConfig (which extends transformers' TrainingArguments), from the real class."""
     import dataclasses
 
     from trl import SFTConfig
 
     return {f.name for f in dataclasses.fields(SFTConfig)}
-
-
-def check_trainer_args(recipe: Recipe, names: set[str]) -> None:
-    import difflib
-
-    problems = []
-    for key in recipe.trainer_args:
-        if key in RESERVED_TRAINER_ARGS:
-            problems.append(f"trainer_args.{key}: set by sft itself; use the recipe's own keys")
-        elif key not in names:
-            guess = difflib.get_close_matches(key, sorted(names), n=1)
-            problems.append(f"trainer_args.{key}: not an SFTConfig field" + (f"; did you mean '{guess[0]}'?" if guess
-                                                                               else ""))
-    if problems:
-        from sft_cli.errors import RecipeError
-
-        raise RecipeError("recipe", problems, hint="see TRL's SFTConfig and transformers' TrainingArguments")
 
 
 def default_run_dir(loaded: LoadedRecipe) -> Path:
@@ -372,7 +355,7 @@ def prepare(
 
     reporter = reporter or SilentReporter()
     recipe = loaded.recipe
-    check_trainer_args(recipe, trainer_arg_names())
+    check_trainer_args(recipe.trainer_args, trainer_arg_names(), str(loaded.path))
     distributed = distributed_state()
     if distributed.is_main_process:  # decided once (a default folder name holds a timestamp), shared by all ranks
         decided = [choose_run_dir(loaded, resume, overwrite)]

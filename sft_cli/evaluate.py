@@ -1,0 +1,118 @@
+"""`sft eval`: loss and perplexity on the answer tokens, and generation metrics (exact match after whitespace
+normalisation, answer contained), overall and per task family, for a run and optionally its base model."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sft_cli.data import load_rows, read_records
+from sft_cli.encode import IGNORE, encode_rows
+from sft_cli.errors import SftError
+from sft_cli.generate import LoadedRun, Sampling, generate, load_run, run_info
+from sft_cli.recipe import Recipe
+
+
+@dataclass
+class Score:
+    examples: int = 0
+    exact: int = 0
+    contains: int = 0
+
+    def add(self, answer: str, expected: str) -> None:
+        got, want = normalise(answer), normalise(expected)
+        self.examples += 1
+        self.exact += got == want
+        self.contains += want in got
+
+    def as_dict(self) -> dict:
+        n = self.examples or 1
+        return {"examples": self.examples, "exact_match": round(self.exact / n, 4),
+                "contains": round(self.contains / n, 4)}
+
+
+@dataclass
+class EvalResult:
+    model: str
+    loss: float
+    perplexity: float
+    answer_tokens: int
+    overall: Score
+    by_task: dict[str, Score]
+    samples: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "loss": round(self.loss, 4), "perplexity": round(self.perplexity, 3),
+                "answer_tokens": self.answer_tokens, **self.overall.as_dict(),
+                "by_task": {k: v.as_dict() for k, v in sorted(self.by_task.items())}, "samples": self.samples}
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def eval_recipe(run_dir: Path, data: Path) -> Recipe:
+    """The run's template and length limit, masked loss, over the given rows."""
+    info = run_info(run_dir)
+    return Recipe.model_validate({
+        "model": info["base_model"], "data": {"path": str(data)}, "template": info["template"],
+        "loss": "masked", "loss_turns": info.get("loss_turns", "all"), "max_length": info.get("max_length", 1024),
+        "on_overflow": "truncate_prompt",
+    })
+
+
+def expected_answer(fields: dict) -> str:
+    if "messages" in fields:
+        return fields["messages"][-1]["content"]
+    return fields["output"]
+
+
+def answer_loss(run: LoadedRun, examples, batch_size: int = 16) -> tuple[float, int]:
+    """Mean cross-entropy over the trained (answer + end) tokens, and how many there were."""
+    import torch
+
+    total, count = 0.0, 0
+    pad = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        width = max(len(e.input_ids) for e in batch)
+        ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in batch], device=run.model.device)
+        labels = torch.tensor([e.labels + [IGNORE] * (width - len(e.labels)) for e in batch], device=run.model.device)
+        mask = (torch.arange(width)[None, :] < torch.tensor([len(e.input_ids) for e in batch])[:, None]).long()
+        with torch.no_grad():
+            logits = run.model(input_ids=ids, attention_mask=mask.to(run.model.device)).logits.float()
+        shifted = labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+                                                   reduction="sum", ignore_index=IGNORE)
+        total += losses.item()
+        count += int((shifted != IGNORE).sum())
+    return total / max(count, 1), count
+
+
+def evaluate(run_dir: Path, data: Path, base: bool = False, limit: int | None = None,
+             sampling: Sampling = Sampling(max_new_tokens=64), samples: int = 5, on_batch=None) -> EvalResult:
+    """Score one model (the run's, or its base with `base`) on the rows of `data`."""
+    run = load_run(run_dir, base=base)
+    recipe = eval_recipe(run_dir, data)
+    rows = load_rows(recipe, "train")
+    if limit:
+        rows.rows = rows.rows[:limit]
+    if not rows.rows:
+        raise SftError(f"{data}: no rows to evaluate")
+    tasks = {i: r.get("task") for i, r in enumerate(read_records(str(data)), 1)}
+    encoded = encode_rows(rows, run.tokenizer, recipe, diagnose=False)
+    loss, tokens = answer_loss(run, encoded.examples)
+    answers = generate(run, [r.fields for r in rows.rows], sampling, on_batch=on_batch)
+    overall, by_task, shown = Score(), defaultdict(Score), []
+    for row, answer in zip(rows.rows, answers):
+        expected = expected_answer(row.fields)
+        overall.add(answer, expected)
+        task = tasks.get(row.number)
+        if task:
+            by_task[str(task)].add(answer, expected)
+        if len(shown) < samples:
+            shown.append({"row": row.number, "expected": expected, "answer": answer})
+    name = f"{run.base_model.name} (base)" if base else str(run_dir)
+    return EvalResult(name, loss, math.exp(min(loss, 50)), tokens, overall, dict(by_task), shown)

@@ -1,0 +1,121 @@
+"""Generation with a trained run: the prompt rendered by the run's own template and tokenized exactly as in
+training (`encode.prompt_ids`), greedy by default, stopping at EOS or the template's end of turn."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sft_cli.errors import SftError
+from sft_cli.recipe import CustomTemplate, ModelSection
+
+TEMPLATE_FILE = "sft_template.json"
+
+
+@dataclass
+class LoadedRun:
+    """A model ready to generate, with the template and tokenizer it was trained with."""
+
+    model: Any
+    tokenizer: Any
+    template: str | CustomTemplate
+    loss_turns: str
+    base_model: ModelSection
+    is_lora: bool
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+
+
+def run_info(run_dir: Path) -> dict:
+    path = Path(run_dir) / TEMPLATE_FILE
+    if not path.exists():
+        raise SftError(f"{run_dir}: not an sft run folder (no {TEMPLATE_FILE})",
+                       hint="give a folder written by `sft train` or `sft merge`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def template_of(info: dict) -> str | CustomTemplate:
+    spec = info["template"]
+    return CustomTemplate(**spec) if isinstance(spec, dict) else spec
+
+
+def load_run(run_dir: Path, base: bool = False):
+    """The run's model (full, LoRA base + adapter, or merged), or with `base` the untouched base model; always
+    with the run's tokenizer (new special tokens included) and template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft_cli.loading import load_model
+
+    run_dir = Path(run_dir)
+    info = run_info(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    base_spec = ModelSection(**info["base_model"])
+    is_lora = (run_dir / "adapter_config.json").exists()
+    if base or is_lora:
+        model = load_model(base_spec, dtype)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        if is_lora and not base:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, run_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=dtype)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return LoadedRun(model, tokenizer, template_of(info), info.get("loss_turns", "all"), base_spec, is_lora)
+
+
+def prompt_token_ids(run: LoadedRun, row: dict) -> list[int]:
+    """The prompt of a row (alpaca fields or `messages`), as the model saw prompts in training."""
+    from sft_cli.encode import end_tokens, prompt_ids
+    from sft_cli.templates import render
+
+    rendered = render(run.template, row, run.tokenizer, loss_turns=run.loss_turns,
+                      end_tokens=end_tokens(run.tokenizer), with_answer=False)
+    return prompt_ids(run.tokenizer, rendered.text, run.template)
+
+
+def stop_ids(run: LoadedRun) -> list[int]:
+    """EOS and the template's end-of-turn token: generation stops at whichever comes first."""
+    from sft_cli.encode import end_tokens
+
+    ids = run.tokenizer.convert_tokens_to_ids(list(end_tokens(run.tokenizer)))
+    return sorted({i for i in ids if i is not None and i >= 0})
+
+
+def generate(run: LoadedRun, rows: list[dict], sampling: Sampling = Sampling(), batch_size: int = 16,
+             on_batch=None) -> list[str]:
+    """Answers for rows, in order; batches are left-padded so every prompt ends where generation starts."""
+    import torch
+
+    tokenizer, model = run.tokenizer, run.model
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    answers: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        prompts = [prompt_token_ids(run, row) for row in rows[start : start + batch_size]]
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+        options: dict[str, Any] = {"do_sample": sampling.temperature > 0}
+        if sampling.temperature > 0:
+            options.update(temperature=sampling.temperature, top_p=sampling.top_p)
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids, attention_mask=attention,
+                                    max_new_tokens=sampling.max_new_tokens, eos_token_id=stop_ids(run),
+                                    pad_token_id=pad, **options)
+        for sequence in output[:, width:]:
+            answers.append(tokenizer.decode(sequence, skip_special_tokens=True).strip())
+        if on_batch:
+            on_batch(len(prompts))
+    return answers

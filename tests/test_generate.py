@@ -1,0 +1,128 @@
+"""Generation, chat, eval and merge on real (tiny) runs: same prompt tokens as training, a memorised answer comes
+back and stops at EOS, LoRA merges to the same greedy outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ALPACA_ROWS, CHAT_ROWS, write_jsonl
+from sft_cli.cli import app
+from sft_cli.data import load_rows
+from sft_cli.encode import IGNORE, encode_rows
+from sft_cli.evaluate import Score, eval_recipe
+from sft_cli.generate import Sampling, generate, load_run, prompt_token_ids
+from sft_cli.recipe import load_recipe
+from sft_cli.train import train
+from test_train import recipe_file
+
+runner = CliRunner()
+MEMORISE = {"max_steps": 80, "learning_rate": 5e-3, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_path):
+    tmp = tmp_path_factory.mktemp("full")
+    return train(load_recipe(recipe_file(tmp, tiny_path, rows=ALPACA_ROWS, training=MEMORISE))).run_dir
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_path):
+    tmp = tmp_path_factory.mktemp("lora")
+    path = recipe_file(tmp, tiny_path, rows=ALPACA_ROWS, template="special_tokens", lora={"r": 8, "alpha": 16},
+                       training={**MEMORISE, "max_steps": 30, "learning_rate": 1e-2})
+    return train(load_recipe(path)).run_dir
+
+
+def test_prompt_tokens_equal_training_prompt_tokens(full_run, tmp_path):
+    run = load_run(full_run)
+    data = write_jsonl(tmp_path / "rows.jsonl", ALPACA_ROWS)
+    recipe = eval_recipe(full_run, data)
+    encoded = encode_rows(load_rows(recipe), run.tokenizer, recipe)
+    for row, example in zip(load_rows(recipe).rows, encoded.examples):
+        first = next(i for i, label in enumerate(example.labels) if label != IGNORE)
+        assert prompt_token_ids(run, row.fields) == example.input_ids[:first]
+
+
+def test_memorised_answers_come_back_and_stop_at_eos(full_run):
+    run = load_run(full_run)
+    answers = generate(run, ALPACA_ROWS, Sampling(max_new_tokens=20))
+    correct = sum(a == r["output"] for a, r in zip(answers, ALPACA_ROWS))
+    assert correct >= 3, answers  # and nothing after the answer: generation stopped at EOS
+
+
+def test_generate_command_single_and_file(full_run, tmp_path):
+    row = ALPACA_ROWS[3]
+    result = runner.invoke(app, ["generate", str(full_run), row["instruction"], "--input", row["input"]])
+    assert result.exit_code == 0 and result.output.strip() == row["output"], result.output
+    rows = write_jsonl(tmp_path / "ask.jsonl", [{k: v for k, v in r.items() if k != "output"} for r in ALPACA_ROWS])
+    target = tmp_path / "answers.jsonl"
+    assert runner.invoke(app, ["generate", str(full_run), "--file", str(rows), "-o", str(target)]).exit_code == 0
+    written = [json.loads(line) for line in target.read_text().splitlines()]
+    assert len(written) == 4 and all("generated" in w and "instruction" in w for w in written)
+    again = runner.invoke(app, ["generate", str(full_run), "--file", str(rows), "-o", str(target)])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_chat_repl_driven_by_piped_input(full_run):
+    row = ALPACA_ROWS[1]
+    result = runner.invoke(app, ["chat", str(full_run), "--max-new-tokens", "20"],
+                           input=f"{row['instruction']}\n/reset\n/exit\nnever read\n")
+    assert result.exit_code == 0, result.output
+    assert f"> {row['output']}" in result.output and result.output.count("> ") == 1
+
+
+def test_chat_keeps_multi_turn_history(tmp_path, tiny_path):
+    path = recipe_file(tmp_path, tiny_path, rows=CHAT_ROWS, template="chat", data={"format": "messages"},
+                       training={"max_steps": 2})
+    run_dir = train(load_recipe(path)).run_dir
+    run = load_run(run_dir)
+    history = [{"role": "user", "content": "Capital of Japan?"}, {"role": "assistant", "content": "Tokyo."},
+               {"role": "user", "content": "And France?"}, {"role": "assistant", "content": ""}]
+    ids = prompt_token_ids(run, {"messages": history})
+    assert run.tokenizer.decode(ids).count("<|im_start|>assistant") == 2  # the whole history, then the new turn
+    result = runner.invoke(app, ["chat", str(run_dir), "--max-new-tokens", "3"], input="hi\nhello again\n")
+    assert result.exit_code == 0 and result.output.count("> ") == 2, result.output
+
+
+def test_eval_scores_tuned_above_base(full_run, tmp_path):
+    data = write_jsonl(tmp_path / "eval.jsonl", [{**r, "task": "t"} for r in ALPACA_ROWS])
+    result = runner.invoke(app, ["eval", str(full_run), "--data", str(data), "--base", "--json",
+                                 "--max-new-tokens", "20"])
+    assert result.exit_code == 0, result.output
+    base, tuned = json.loads(result.stdout)["results"]
+    assert base["model"].endswith("(base)") and tuned["exact_match"] >= 0.75 > base["exact_match"]
+    assert tuned["loss"] < base["loss"] and tuned["by_task"]["t"]["examples"] == 4
+
+
+@pytest.mark.parametrize("answer, expected, exact, contains", [
+    ("  Bonjour   !\n", "Bonjour !", 1, 1), ("The answer is 42.", "42", 0, 1), ("41", "42", 0, 0)])
+def test_score_normalises_whitespace(answer, expected, exact, contains):
+    score = Score()
+    score.add(answer, expected)
+    assert (score.exact, score.contains) == (exact, contains)
+
+
+def test_merge_gives_the_same_greedy_outputs(lora_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    merged_dir = tmp_path / "merged"
+    assert runner.invoke(app, ["merge", str(lora_run), "-o", str(merged_dir)]).exit_code == 0
+    assert (merged_dir / "model.safetensors").exists() and AutoModelForCausalLM.from_pretrained(merged_dir)
+    sampling = Sampling(max_new_tokens=12)
+    assert generate(load_run(merged_dir), ALPACA_ROWS, sampling) == generate(load_run(lora_run), ALPACA_ROWS,
+                                                                             sampling)
+    again = runner.invoke(app, ["merge", str(lora_run), "-o", str(merged_dir)])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_merge_refuses_a_full_run(full_run, tmp_path):
+    result = runner.invoke(app, ["merge", str(full_run), "-o", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "not a LoRA run" in result.output
+
+
+def test_not_a_run_folder(tmp_path):
+    result = runner.invoke(app, ["generate", str(tmp_path), "hi"])
+    assert result.exit_code == 2 and "not an sft run folder" in result.output
