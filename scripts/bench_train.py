@@ -3,7 +3,7 @@ other (each in its own process, for a clean peak-memory figure). Plain TRL runs 
 (bf16 where the hardware reports support, which on this CPU is the slow path) and with fp32 set by hand.
 
 Prints non-padding tokens/s, trained tokens, peak memory and the ratios.
-Usage: python scripts/bench_train.py [--model fixtures/tiny-llama] [--steps 20] [--batch 8]
+Usage: python scripts/bench_train.py [--model fixtures/tiny-llama] [--steps 20] [--batch 8] [--runs sft,trl-fp32]
 """
 
 from __future__ import annotations
@@ -98,12 +98,14 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "fixtures" / "tiny-llama"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--runs", default="sft,trl-default,trl-fp32",
+                        help="which runs, comma-separated (sft is always the reference)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.model, args.steps, args.batch)
     results = {}
-    for kind in ("sft", "trl-default", "trl-fp32"):
+    for kind in dict.fromkeys(["sft", *args.runs.split(",")]):
         done = subprocess.run([sys.executable, __file__, "--worker", kind, "--model", args.model,
                                "--steps", str(args.steps), "--batch", str(args.batch)],
                               capture_output=True, text=True, check=True)

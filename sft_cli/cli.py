@@ -32,9 +32,12 @@ SetOpt = typer.Option(None, "--set", help="Override a recipe key: --set training
 
 
 def fail(error: SftError) -> None:
-    err.print(f"[bold red]error:[/] {error.message}", highlight=False, markup=True, soft_wrap=True)
+    """Print a user mistake as `error:` / `hint:` on stderr and exit 2."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
     if error.hint:
-        err.print(f"[yellow]hint:[/] {error.hint}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]hint:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -194,7 +197,8 @@ def train(
                                 "recipe) from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Load and encode everything, print the plan, train nothing."),
-    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Start N processes via accelerate launch."),
+    num_processes: int = typer.Option(
+        1, "--num-processes", min=1, help="Start N processes: torchrun on CPU (gloo), accelerate launch on GPUs."),
     accelerate_config: Optional[Path] = typer.Option(
         None, "--accelerate-config", help="accelerate config file (e.g. configs/accelerate/fsdp.yaml)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the transformers/TRL logs."),
@@ -270,7 +274,8 @@ def generate(
         except ValueError as exc:
             raise SftError(f"{file} row {number}: {exc}") from None
     answers = generate_answers(run, rows, sampling)
-    lines = [json.dumps({**record, "generated": answer}, ensure_ascii=False) for record, answer in zip(records, answers)]
+    lines = [json.dumps({**record, "generated": answer}, ensure_ascii=False)
+             for record, answer in zip(records, answers)]
     if output:
         output.write_text("\n".join(lines) + "\n", encoding="utf-8")
         out.print(f"wrote {len(lines)} rows to {output}")

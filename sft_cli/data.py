@@ -128,7 +128,7 @@ def normalise(record: dict, fmt: str, columns: dict[str, str], keep_extra: bool)
         row = {"instruction": renamed.get("prompt"), "input": "", "output": renamed.get("completion")}
         names = {"instruction": "prompt", "output": "completion"}
     else:
-        row = {"instruction": renamed.get("instruction"), "input": renamed.get("input"), "output": renamed.get("output")}
+        row = {key: renamed.get(key) for key in FORMAT_FIELDS["alpaca"]}
         names = {"instruction": "instruction", "output": "output"}
     for key, shown in names.items():
         value = row[key]

@@ -23,8 +23,9 @@ def model_location(model: ModelSection) -> tuple[str, dict]:
 
 
 def _cannot_load(what: str, name: str, exc: Exception) -> SftError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return SftError(
-        f"model.name: cannot load the {what} from {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+        f"model.name: cannot load the {what} from {name}: {reason}",
         hint="give a hub id (needs internet), a local model folder, or a .gguf file",
     )
 

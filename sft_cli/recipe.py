@@ -97,7 +97,9 @@ class TrainingSection(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
     seed: int = Field(42, description="seed for data order, eval split and initialisation")
-    eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps (default: 50 when there is eval data)")
+    eval_steps: int | None = Field(
+        None, ge=1, description="evaluate every N steps (default: 50 when there is eval data)"
+    )
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (default: eval_steps, else 500)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     logging_steps: int = Field(10, ge=1, description="log metrics every N steps")

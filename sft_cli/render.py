@@ -69,7 +69,8 @@ def render_preview(console: Console, preview: Preview, show_ids: bool = False) -
     for number, reason in stats.skipped_rows[:5]:
         console.print(f"[yellow]skipped[/] row {number}: {reason}", highlight=False)
     for warning in preview.encoded.warnings:
-        rows = ", ".join(map(str, warning.rows[:5])) + (f" (+{len(warning.rows) - 5} more)" if len(warning.rows) > 5 else "")
+        more = len(warning.rows) - 5
+        rows = ", ".join(map(str, warning.rows[:5])) + (f" (+{more} more)" if more > 0 else "")
         detail = f" [{warning.detail}]" if warning.detail else ""
         console.print(f"[yellow]warning:[/] {warning.kind}: {warning.message}. rows {rows}{detail}", highlight=False,
                       soft_wrap=True)

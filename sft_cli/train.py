@@ -1,7 +1,7 @@
 """`sft train`: recipe -> encoded dataset -> TRL SFTTrainer (+PEFT, +Accelerate) -> a complete run folder.
 
-Read top to bottom: `plan` (everything that can fail fails before training), `train` (the run), `finish`
-(atomic final save, metrics, plot, run.json). The dataset handed to TRL is the output of `encode_rows`, the
+Read top to bottom: `prepare` (everything that can fail fails before the first step), `run` (the training),
+`finish` (atomic final save, metrics, plot, run.json). The dataset handed to TRL is the output of `encode_rows`, the
 function `sft preview` shows; TRL is told to skip its own preparation, so it neither re-tokenizes nor re-masks.
 """
 
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 from sft_cli.errors import SftError
 from sft_cli.generate import TEMPLATE_FILE
@@ -27,16 +27,9 @@ RUN_FILE, METRICS_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "loss.png"
 RECIPE_FILE, CHECKPOINTS = "recipe.yaml", "checkpoints"
 
 
-class Reporter(Protocol):
-    """How the run talks to the user; the CLI renders it (rich), tests may record it."""
+class Reporter:
+    """How a run talks to the user. This one is silent; the CLI's subclass draws a progress bar."""
 
-    def note(self, message: str) -> None: ...
-    def start(self, total_steps: int) -> None: ...
-    def update(self, step: int, metrics: dict[str, float]) -> None: ...
-    def stop(self) -> None: ...
-
-
-class SilentReporter:
     def note(self, message: str) -> None: ...
     def start(self, total_steps: int) -> None: ...
     def update(self, step: int, metrics: dict[str, float]) -> None: ...
@@ -336,7 +329,7 @@ class Session:
     state: dict = field(default_factory=dict)
     is_main: bool = True
     overwrite: bool = False
-    reporter: Any = None
+    reporter: Reporter = field(default_factory=Reporter)
 
 
 def prepare(
@@ -353,7 +346,7 @@ def prepare(
     from sft_cli.loading import load_model, load_tokenizer
     from sft_cli.templates import extra_special_tokens
 
-    reporter = reporter or SilentReporter()
+    reporter = reporter or Reporter()
     recipe = loaded.recipe
     check_trainer_args(recipe.trainer_args, trainer_arg_names(), str(loaded.path))
     distributed = distributed_state()
@@ -393,7 +386,8 @@ def prepare(
         model = lora_model(model, recipe, tokenizer.convert_tokens_to_ids(plan.new_tokens))
     plan.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     plan.total_parameters = sum(p.numel() for p in model.parameters())
-    session = Session(loaded, plan, tokenizer, is_main=distributed.is_main_process, overwrite=overwrite)
+    session = Session(loaded, plan, tokenizer, is_main=distributed.is_main_process, overwrite=overwrite,
+                      reporter=reporter)
     if dry_run:
         return session
 
@@ -413,7 +407,6 @@ def prepare(
         callbacks=make_callbacks(recipe, run_dir, reporter, session.is_main, session.state),
     )
     session.trainer.remove_callback(PrinterCallback)  # our progress view replaces the raw log dicts
-    session.reporter = reporter
     return session
 
 
@@ -422,7 +415,7 @@ def run(session: Session, argv: list[str] | None = None) -> RunResult:
 
     plan, trainer, loaded = session.plan, session.trainer, session.loaded
     run_dir = plan.run_dir
-    reporter = session.reporter or SilentReporter()
+    reporter = session.reporter
     if session.is_main:
         if run_dir.exists() and session.overwrite and not plan.resume_from:
             shutil.rmtree(run_dir)

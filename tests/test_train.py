@@ -18,7 +18,7 @@ from conftest import ALPACA_ROWS, write_jsonl
 from sft_cli.cli import app
 from sft_cli.encode import IGNORE
 from sft_cli.recipe import load_recipe
-from sft_cli.train import prepare, run, train
+from sft_cli.train import prepare, train
 
 runner = CliRunner()
 REPEATED = ALPACA_ROWS * 4
