@@ -185,7 +185,8 @@ def launch_processes(num_processes: int, accelerate_config: Optional[Path]) -> N
         command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
         command += ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",  # a free port, one machine
+                   "--nproc_per_node", str(num_processes)]
     raise typer.Exit(subprocess.call([*command, "-m", "sft_cli", *args]))
 
 
