@@ -61,9 +61,7 @@ def load_run(run_dir: Path, base: bool = False):
     base_spec = ModelSection(**info["base_model"])
     is_lora = (run_dir / "adapter_config.json").exists()
     if base or is_lora:
-        model = load_model(base_spec, dtype)
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(len(tokenizer))
+        model = load_model(base_spec, dtype, vocab_size=len(tokenizer))
         if is_lora and not base:
             from peft import PeftModel
 

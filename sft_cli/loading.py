@@ -48,8 +48,9 @@ def load_tokenizer(recipe: Recipe):
     return tokenizer
 
 
-def load_model(model: ModelSection, dtype, quantization_config=None):
-    """A causal LM in `dtype`. A GGUF checkpoint is dequantized and rebuilt as a plain model, because
+def load_model(model: ModelSection, dtype, quantization_config=None, vocab_size: int | None = None):
+    """A causal LM in `dtype`, its embeddings grown to `vocab_size` where a tokenizer gained tokens (the
+    template's special tokens). A GGUF checkpoint is dequantized and rebuilt as a plain model, because
     transformers refuses to save a GGUF-loaded model; the rebuilt one saves as normal safetensors."""
     from transformers import AutoModelForCausalLM
 
@@ -60,12 +61,14 @@ def load_model(model: ModelSection, dtype, quantization_config=None):
         loaded = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise _cannot_load("model", name, exc) from None
-    if "gguf_file" not in kwargs:
-        return loaded
-    config = loaded.config
-    del config.quantization_config
-    config.name_or_path = name
-    plain = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model.trust_remote_code)
-    plain.load_state_dict(loaded.state_dict())
-    plain.generation_config = loaded.generation_config
-    return plain
+    if "gguf_file" in kwargs:
+        config = loaded.config
+        del config.quantization_config
+        config.name_or_path = name
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model.trust_remote_code)
+        plain.load_state_dict(loaded.state_dict())
+        plain.generation_config = loaded.generation_config
+        loaded = plain
+    if vocab_size and vocab_size > loaded.get_input_embeddings().weight.shape[0]:
+        loaded.resize_token_embeddings(vocab_size)
+    return loaded

@@ -150,7 +150,7 @@ def to_dataset(examples):
     })
 
 
-def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool, extra: dict):
+def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool):
     from trl import SFTConfig
 
     t = recipe.training
@@ -191,7 +191,7 @@ def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool, ex
     )
     if t.gradient_checkpointing:
         args["activation_checkpointing"] = True
-    args.update(extra)
+    args.update(recipe.trainer_args)  # expert options win; checked against SFTConfig's fields already
     return SFTConfig(**args)
 
 
@@ -378,9 +378,7 @@ def prepare(
         dropped=train_set.stats.dropped, truncated=train_set.stats.truncated, resume_from=resume_from,
     )
     # fp16 mixed precision keeps fp32 master weights; bf16 trains in bf16
-    model = load_model(recipe.model, torch.bfloat16 if precision == "bf16" else torch.float32, quant)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    model = load_model(recipe.model, torch.bfloat16 if precision == "bf16" else torch.float32, quant, len(tokenizer))
     plan.new_tokens = extra_special_tokens(recipe.template)
     if recipe.lora:
         model = lora_model(model, recipe, tokenizer.convert_tokens_to_ids(plan.new_tokens))
@@ -399,7 +397,7 @@ def prepare(
     session.collator = RowCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id))
     session.trainer = SFTTrainer(
         model=model,
-        args=sft_config(recipe, run_dir, precision, eval_set is not None, recipe.trainer_args),
+        args=sft_config(recipe, run_dir, precision, eval_set is not None),
         train_dataset=to_dataset(train_set.examples),
         eval_dataset=to_dataset(eval_set.examples) if eval_set else None,
         processing_class=tokenizer,
@@ -412,7 +410,6 @@ def prepare(
 
 def run(session: Session, argv: list[str] | None = None) -> RunResult:
     """Train a prepared session, then save everything (rank 0 only)."""
-
     plan, trainer, loaded = session.plan, session.trainer, session.loaded
     run_dir = plan.run_dir
     reporter = session.reporter
