@@ -45,10 +45,10 @@ def time_trl(rows: list[dict], model: Path) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from sft_cli.templates import render
+    from sft_cli.templates import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    prompts = [render("alpaca", {**r, "input": r.get("input", "")}, tokenizer, with_answer=False).text for r in rows]
+    prompts = [render_prompt("alpaca", {**r, "input": r.get("input", "")}, tokenizer).text for r in rows]
     dataset = datasets.Dataset.from_dict(
         {"prompt": prompts, "completion": [r["output"] + tokenizer.eos_token for r in rows]})
     tiny = AutoModelForCausalLM.from_pretrained(ROOT / "fixtures" / "tiny-llama", dtype=torch.float32)

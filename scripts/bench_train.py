@@ -53,12 +53,12 @@ def run_trl(model: str, steps: int, batch: int, out: Path, fp32: bool) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from sft_cli.templates import render
+    from sft_cli.templates import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     rows = [json.loads(line) for line in DATA.read_text().splitlines()]
     dataset = datasets.Dataset.from_dict({
-        "prompt": [render("alpaca", r, tokenizer, with_answer=False).text for r in rows],
+        "prompt": [render_prompt("alpaca", r, tokenizer).text for r in rows],
         "completion": [r["output"] + tokenizer.eos_token for r in rows],
     })
     import torch

@@ -16,7 +16,8 @@ FORMAT_FIELDS = {
     "prompt_completion": ("prompt", "completion"),
     "messages": ("messages",),
 }
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def normalise(record: dict, fmt: str, columns: dict[str, str], keep_extra: bool)
     """Rename mapped columns and turn the row into alpaca fields or `messages`; raise ValueError if malformed."""
     renamed = {_reverse(columns).get(k, k): v for k, v in record.items()}
     if fmt == "messages":
-        return {"messages": _check_messages(renamed.get("messages"))}
+        return normalise_chat(renamed)
     if fmt == "prompt_completion":
         row = {"instruction": renamed.get("prompt"), "input": "", "output": renamed.get("completion")}
         names = {"instruction": "prompt", "output": "completion"}
@@ -146,21 +147,79 @@ def normalise(record: dict, fmt: str, columns: dict[str, str], keep_extra: bool)
     return row
 
 
-def _check_messages(messages) -> list[dict]:
+def normalise_chat(record: dict) -> dict:
+    """`messages` (and `tools`) of a chat row, checked; each message keeps what templates read: role, content,
+    `reasoning` (from reasoning_content / reasoning / thinking, or a leading <think> block in the content),
+    tool_calls, tool_call_id and name."""
+    messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("field 'messages' must be a non-empty list of {role, content}")
-    out = []
-    for i, message in enumerate(messages, 1):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise ValueError(f"message {i}: role must be one of {', '.join(ROLES)}")
-        if not isinstance(message.get("content"), str):
-            raise ValueError(f"message {i}: content must be text")
-        out.append({"role": message["role"], "content": message["content"]})
+    out = [_check_message(i, m) for i, m in enumerate(messages, 1)]
     assistants = [m for m in out if m["role"] == "assistant"]
     if not assistants:
         raise ValueError("no assistant turn to train on")
-    if any(not m["content"].strip() for m in assistants):
-        raise ValueError("an assistant turn is empty")
+    for i, m in enumerate(out, 1):
+        if m["role"] == "assistant" and not (m["content"] or "").strip() and not m.get("tool_calls") \
+                and not (m.get("reasoning") or "").strip():
+            raise ValueError(f"message {i}: the assistant turn is empty")
+    row = {"messages": out}
+    tools = record.get("tools")
+    if isinstance(tools, str) and tools.strip():
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"field 'tools' is not valid JSON: {exc.msg}") from None
+    if tools:
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise ValueError("field 'tools' must be a list of JSON schema objects")
+        row["tools"] = tools
+    return row
+
+
+def _check_message(i: int, message) -> dict:
+    from sft_cli.chat import parse_arguments
+
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise ValueError(f"message {i}: role must be one of {', '.join(ROLES)}")
+    role, content = message["role"], message.get("content")
+    calls = message.get("tool_calls") if role == "assistant" else None
+    if content is None and not calls:
+        content = "" if role == "assistant" and _reasoning_of(message) else None
+    if not isinstance(content, str) and not (content is None and calls):
+        raise ValueError(f"message {i}: content must be text")
+    out: dict = {"role": role, "content": content}
+    reasoning = _reasoning_of(message) if role == "assistant" else None
+    if role == "assistant" and reasoning is None and content and "</think>" in content:
+        head, content = content.split("</think>", 1)
+        reasoning, out["content"] = head.split("<think>", 1)[-1].strip("\n"), content.lstrip("\n")
+    if reasoning is not None:
+        out["reasoning"] = reasoning
+    if calls:
+        if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+            raise ValueError(f"message {i}: tool_calls must be a list of objects")
+        out["tool_calls"] = [_tool_call(i, c, parse_arguments) for c in calls]
+    for key in ("tool_call_id", "name"):
+        if isinstance(message.get(key), str):
+            out[key] = message[key]
+    return out
+
+
+def _reasoning_of(message: dict) -> str | None:
+    value = next((message[k] for k in REASONING_KEYS if message.get(k) is not None), None)
+    if value is not None and not isinstance(value, str):
+        raise ValueError("reasoning must be text")
+    return value
+
+
+def _tool_call(i: int, call: dict, parse_arguments) -> dict:
+    """A tool call in the shape templates read: {type, function: {name, arguments}} (id kept)."""
+    function = call.get("function", call)
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise ValueError(f"message {i}: each tool call needs a function name")
+    out = {"type": call.get("type", "function"),
+           "function": {"name": function["name"], "arguments": parse_arguments(function.get("arguments", {}))}}
+    if isinstance(call.get("id"), str):
+        out["id"] = call["id"]
     return out
 
 

@@ -1,9 +1,15 @@
 """Rendered rows -> token ids and loss labels. The one encoding `sft preview` shows and `sft train` trains on.
 
-The boundary rule: a rendered example is cut into pieces where trained and untrained text meet, and each
-piece is tokenized on its own. The prompt is therefore tokenized exactly as it is at inference (alone), the
-answer starts on a fresh token, and no token straddles the boundary. Where tokenizing the whole text in one
-go would have merged text across a boundary, the diagnostics say so (`boundary_merge`).
+The boundary rule: a rendered example is cut where trained and untrained text meet. Everything before a trained
+answer is tokenized as one text, exactly as the prompt is tokenized at inference; the answer is tokenized on its
+own, so it starts on a fresh token and no token straddles the boundary. For a later answer in the same example
+(multi-turn chats) the whole text before it is tokenized again as one text; where those ids do not extend the ids
+so far, that turn is trained in an example of its own, so every trained turn sees its inference prompt's ids.
+Where tokenizing the whole text in one go would have merged across a boundary, the diagnostics say so
+(`boundary_merge`).
+
+Row text that spells a control token (a literal `<|im_end|>`) is tokenized as plain text unless the recipe sets
+`special_tokens_in_text: control`; only the template's own markers become control tokens.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from typing import Any
 from sft_cli.data import Rows
 from sft_cli.errors import DataError
 from sft_cli.recipe import Recipe
-from sft_cli.templates import Rendered, extra_special_tokens, render
+from sft_cli.templates import Rendered, RenderOptions, Segment, extra_special_tokens, render, render_options
+from sft_cli.tokens import Piece, literal_ranges, tokenize_pieces
 
 IGNORE = -100
 WARNING_TEXT = {
@@ -27,7 +34,11 @@ WARNING_TEXT = {
     "answer_trailing_space": "the answer ends with whitespace before the end token",
     "prompt_trailing_space": "the prompt ends with a space or tab: the answer's first word is trained without "
     "its usual leading space",
-    "special_token_in_text": "row text contains a special token's literal text, which encodes as that token",
+    "special_token_in_text": "row text contains a special token's literal text; it is tokenized as plain text "
+    "(special_tokens_in_text: plain) or as the control token (control)",
+    "tool_calls_dropped": "the chat template does not write this turn's tool calls, so the turn trains without them",
+    "reasoning_dropped": "the chat template does not write this turn's reasoning, so it is not trained; a template "
+    "variable may switch it on (chat.template_kwargs, e.g. enable_thinking: true)",
     "end_token_missing": "the trained tokens do not end with an end token (EOS / end of turn): generation won't stop",
 }
 
@@ -61,6 +72,7 @@ class Stats:
     dropped: int = 0
     truncated: int = 0
     skipped: int = 0
+    split_turns: int = 0
     trained_tokens: int = 0
     total_tokens: int = 0
     max_tokens: int = 0
@@ -79,7 +91,7 @@ class Stats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "rows": self.rows, "examples": self.examples, "dropped": self.dropped, "truncated": self.truncated,
-            "skipped": self.skipped, "trained_tokens": self.trained_tokens, "total_tokens": self.total_tokens,
+            "skipped": self.skipped, "split_turns": self.split_turns, "trained_tokens": self.trained_tokens, "total_tokens": self.total_tokens,
             "trained_share": round(self.trained_share, 4), "mean_tokens": round(self.mean_tokens, 1),
             "max_tokens": self.max_tokens, "max_length": self.max_length,
         }
@@ -92,35 +104,54 @@ class EncodedSet:
     warnings: list[Warning]
 
 
-@dataclass(frozen=True)
-class _Piece:
+@dataclass
+class _Layout:
+    """An example cut for tokenizing: the pieces to tokenize and, per trained answer, where it starts and ends."""
+
+    rendered: Rendered
     text: str
-    trained: bool
-    protected: tuple[tuple[int, int], ...]  # marker character ranges inside the piece: never truncated
+    answers: list[tuple[int, int]]  # character ranges of trained runs
+    markers: list[tuple[int, int]]  # character ranges of template markers (never truncated)
+    literals: list[tuple[int, int]]  # control-token literals in row text, tokenized as plain text
+    pieces: list[Piece] = field(default_factory=list)
 
 
-def _pieces(rendered: Rendered) -> list[_Piece]:
-    """Join consecutive segments into pieces that are either all answer or all not answer."""
-    pieces: list[_Piece] = []
-    text, protected, trained = "", [], None
+def _layout(rendered: Rendered, control: tuple[str, ...]) -> _Layout:
+    text = rendered.text
+    answers, markers, literals = [], [], []
+    cursor = 0
     for segment in rendered.segments:
-        is_answer = segment.kind == "answer"
-        if trained is not None and is_answer != trained:
-            pieces.append(_Piece(text, trained, tuple(protected)))
-            text, protected = "", []
-        trained = is_answer
-        if segment.kind == "marker":
-            protected.append((len(text), len(text) + len(segment.text)))
-        text += segment.text
-    if trained is not None:
-        pieces.append(_Piece(text, trained, tuple(protected)))
-    return pieces
+        end = cursor + len(segment.text)
+        if segment.kind == "answer":
+            if answers and answers[-1][1] == cursor:
+                answers[-1] = (answers[-1][0], end)
+            else:
+                answers.append((cursor, end))
+        elif segment.kind == "marker":
+            markers.append((cursor, end))
+        if segment.plain and control:
+            literals += [(cursor + s, cursor + e) for s, e in literal_ranges(segment.text, control)]
+        cursor = end
+    layout = _Layout(rendered, text, answers, markers, literals)
+    for start, end in answers:  # the whole text before the answer, then the answer alone
+        layout.pieces.append(_piece(text, 0, start, False, literals))
+        layout.pieces.append(_piece(text, start, end, True, literals))
+    rest = answers[-1][1] if answers else 0
+    if rest < len(text) or not answers:
+        layout.pieces.append(_piece(text, rest, len(text), bool(answers), literals))
+    return layout
+
+
+def _piece(text: str, start: int, end: int, middle: bool, literals) -> Piece:
+    inside = tuple((s - start, e - start) for s, e in literals if start <= s and e <= end)
+    return Piece(text[start:end], middle, inside)
 
 
 def end_tokens(tokenizer) -> tuple[str, ...]:
-    """Texts that end a turn: EOS and the tokenizer's other special tokens (e.g. <|im_end|>, <|eot_id|>)."""
-    specials = [tokenizer.eos_token, *tokenizer.all_special_tokens]
-    return tuple(dict.fromkeys(t for t in specials if t))
+    """Tokens that end a generated turn (see tokens.stop_tokens)."""
+    from sft_cli.tokens import stop_tokens
+
+    return stop_tokens(tokenizer)
 
 
 def _bos_prefix(tokenizer) -> list[int]:
@@ -142,9 +173,12 @@ def special_prefix(tokenizer, text: str, template, bos: list[int] | None = None)
     return _bos_prefix(tokenizer) if bos is None else bos
 
 
-def prompt_ids(tokenizer, prompt: str, template) -> list[int]:
-    """Token ids of an inference prompt, exactly as training tokenizes the same prompt text."""
-    return special_prefix(tokenizer, prompt, template) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+def prompt_ids(tokenizer, prompt: Rendered, template, options: RenderOptions, mode: str = "plain") -> list[int]:
+    """Token ids of an inference prompt, exactly as training tokenizes the same text before an answer."""
+    control = options.control_tokens if mode == "plain" else ()
+    layout = _layout(prompt, control)
+    ids, _ = tokenize_pieces(tokenizer, [_piece(layout.text, 0, len(layout.text), False, layout.literals)])[0]
+    return special_prefix(tokenizer, layout.text, template) + ids
 
 
 def prepare_tokenizer(tokenizer, recipe: Recipe) -> list[str]:
@@ -157,76 +191,145 @@ def prepare_tokenizer(tokenizer, recipe: Recipe) -> list[str]:
     return new
 
 
-def render_rows(rows: Rows, tokenizer, recipe: Recipe) -> list[Rendered]:
-    ends = end_tokens(tokenizer)
-    out = []
+def render_rows(rows: Rows, tokenizer, recipe: Recipe, options: RenderOptions):
+    """Each row's examples; a row the template refuses stops with its number, or is skipped and counted under
+    `data.on_bad_row: skip` (returned as (number, reason) pairs)."""
+    out, skipped = [], []
     for row in rows.rows:
         try:
-            out.append(render(recipe.template, row.fields, tokenizer, loss_turns=recipe.loss_turns, end_tokens=ends))
+            out.append(render(recipe.template, row.fields, tokenizer, options))
         except DataError as exc:
-            raise DataError(f"{rows.source} row {row.number}: {exc.message}", exc.hint) from None
-    return out
-
-
-def encode_rows(rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True) -> EncodedSet:
-    """Render and encode every row; apply the overflow policy; count everything; optionally diagnose traps."""
-    rendered = render_rows(rows, tokenizer, recipe)
-    pieces = [_pieces(r) for r in rendered]
-    flat = [p.text for ps in pieces for p in ps]
-    tokens = tokenizer(flat, add_special_tokens=False, return_offsets_mapping=True) if flat else {
-        "input_ids": [], "offset_mapping": []}
-    bos = _bos_prefix(tokenizer)
-    stats = Stats(rows=len(rows.rows) + len(rows.skipped), skipped=len(rows.skipped), max_length=recipe.max_length,
-                  skipped_rows=list(rows.skipped))
-    warnings: dict[str, Warning] = {}
-    end_ids = set(tokenizer.convert_tokens_to_ids(list(end_tokens(tokenizer))))
-    examples: list[Encoded] = []
-    k = 0
-    for row, row_rendered, row_pieces in zip(rows.rows, rendered, pieces):
-        ids, labels, removable = [], [], []
-        prefix = special_prefix(tokenizer, row_rendered.text, recipe.template, bos)
-        ids += prefix
-        labels += [IGNORE if recipe.loss == "masked" else t for t in prefix]
-        removable += [False] * len(prefix)
-        for piece in row_pieces:
-            piece_ids, offsets = tokens["input_ids"][k], tokens["offset_mapping"][k]
-            k += 1
-            ids += piece_ids
-            train_piece = piece.trained or recipe.loss == "unmasked"
-            labels += piece_ids if train_piece else [IGNORE] * len(piece_ids)
-            removable += [not piece.trained and not _in_marker(s, e, piece.protected) for s, e in offsets]
-        truncated = False
-        if len(ids) > recipe.max_length:
-            if recipe.on_overflow == "error":
-                raise DataError(
-                    f"{rows.source} row {row.number}: {len(ids)} tokens, more than max_length {recipe.max_length}",
-                    hint="raise max_length, or set on_overflow: drop | truncate_prompt",
-                )
-            if recipe.on_overflow == "truncate_prompt":
-                ids, labels, truncated = _truncate_prompt(ids, labels, removable, len(ids) - recipe.max_length)
-            if len(ids) > recipe.max_length:
-                stats.dropped += 1
-                stats.dropped_rows.append(row.number)
+            if recipe.data.on_bad_row == "skip":
+                out.append([])
+                skipped.append((row.number, exc.message))
                 continue
-        trained = sum(label != IGNORE for label in labels)
-        if trained == 0:
-            stats.dropped += 1
-            stats.dropped_rows.append(row.number)
+            raise DataError(f"{rows.source} row {row.number}: {exc.message}", exc.hint) from None
+    return out, skipped
+
+
+def _assemble(layout: _Layout, results, prefix: list[int], unmasked: bool):
+    """(ids, labels, removable, answers to split off) of one example from its tokenized pieces; ids is None when
+    every answer was split off."""
+    ids, labels, removable = list(prefix), [t if unmasked else IGNORE for t in prefix], [False] * len(prefix)
+
+    def extend(new: list[int], trained: bool, can_remove: list[bool]) -> None:
+        ids.extend(new)
+        labels.extend(new if trained else [IGNORE] * len(new))
+        removable.extend(can_remove)
+
+    body: list[int] = []  # ids after the prefix, which each later prompt's own tokenization must extend
+    split_off = []
+    for n in range(len(layout.answers)):
+        (before, offsets), (answer, _) = results[2 * n], results[2 * n + 1]
+        if before[: len(body)] != body:
+            split_off.append(n)
             continue
-        examples.append(Encoded(row.number, row_rendered.text, ids, labels, truncated))
-        stats.examples += 1
-        stats.truncated += truncated
-        stats.trained_tokens += trained
-        stats.total_tokens += len(ids)
-        stats.max_tokens = max(stats.max_tokens, len(ids))
-        if diagnose:
-            for kind, detail in _row_traps(row_rendered, row_pieces, ids, labels, end_ids, tokenizer, recipe):
-                warning = warnings.setdefault(kind, Warning(kind, detail=detail))
-                warning.rows.append(row.number)
+        extend(before[len(body):], unmasked, [not _in_marker(s, e, layout.markers) for s, e in offsets[len(body):]])
+        extend(answer, True, [False] * len(answer))
+        body = before + answer
+    if layout.answers and len(split_off) == len(layout.answers):
+        return None, None, None, split_off
+    last_kept = not layout.answers or (len(layout.answers) - 1) not in split_off
+    if len(results) > 2 * len(layout.answers) and last_kept:
+        rest, offsets = results[-1]
+        extend(rest, unmasked, [not layout.answers and not _in_marker(s, e, layout.markers) for s, e in offsets])
+    return ids, labels, removable, split_off
+
+
+def _alone(layout: _Layout, n: int) -> Rendered:
+    """The example of answer n alone: the text through it, earlier answers untrained."""
+    start, end = layout.answers[n]
+    segments, cursor = [], 0
+    for segment in layout.rendered.segments:
+        seg_end = cursor + len(segment.text)
+        if cursor >= end:
+            break
+        text = segment.text[: end - cursor]
+        kind = segment.kind if segment.kind != "answer" or cursor >= start else "prompt"
+        segments.append(Segment(text, kind, segment.plain))
+        cursor = seg_end
+    return Rendered(tuple(segments), True, layout.rendered.notes)
+
+
+def encode_rows(rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True,
+                options: RenderOptions | None = None) -> EncodedSet:
+    """Render and encode every row; apply the overflow policy; count everything; optionally diagnose traps."""
+    options = options or render_options(recipe, tokenizer)
+    control = options.control_tokens if recipe.special_tokens_in_text == "plain" else ()
+    rendered, refused = render_rows(rows, tokenizer, recipe, options)
+    layouts = [[_layout(r, control) for r in row_examples] for row_examples in rendered]
+    results = tokenize_pieces(tokenizer, [p for row in layouts for layout in row for p in layout.pieces])
+    bos = _bos_prefix(tokenizer)
+    stats = Stats(rows=len(rows.rows) + len(rows.skipped), skipped=len(rows.skipped) + len(refused),
+                  max_length=recipe.max_length, skipped_rows=sorted([*rows.skipped, *refused]))
+    warnings: dict[str, Warning] = {}
+    end_ids = set(tokenizer.convert_tokens_to_ids(list(options.stop_tokens)))
+    examples: list[Encoded] = []
+    merge_candidates: list[tuple[int, _Layout, list[int]]] = []
+    k = 0
+    for row, row_layouts in zip(rows.rows, layouts):
+        queue = []
+        for layout in row_layouts:
+            queue.append((layout, results[k : k + len(layout.pieces)]))
+            k += len(layout.pieces)
+        while queue:
+            layout, pieces = queue.pop(0)
+            prefix = special_prefix(tokenizer, layout.text, recipe.template, bos)
+            ids, labels, removable, split_off = _assemble(layout, pieces, prefix, options.unmasked)
+            for n in split_off:
+                alone = _layout(_alone(layout, n), control)
+                queue.append((alone, tokenize_pieces(tokenizer, alone.pieces)))
+            if ids is None:
+                continue
+            encoded = _apply_overflow(row.number, rows.source, layout, ids, labels, removable, recipe, stats)
+            if encoded is None:
+                continue
+            examples.append(encoded)
+            stats.split_turns += layout.rendered.split
+            if diagnose:
+                traps = list(_row_traps(layout.rendered, encoded.input_ids, encoded.labels, end_ids, tokenizer,
+                                        recipe, options))
+                traps += [(note, "") for note in layout.rendered.notes]
+                for kind, detail in traps:
+                    warning = warnings.setdefault(kind, Warning(kind, detail=detail))
+                    if row.number not in warning.rows[-1:]:
+                        warning.rows.append(row.number)
+                if len(layout.answers) and not encoded.truncated:
+                    merge_candidates.append((row.number, layout, ids[len(prefix):]))
     if diagnose:
-        for kind, numbers in _merge_check(rendered, pieces, tokens["input_ids"], tokenizer).items():
-            warnings.setdefault(kind, Warning(kind)).rows.extend(rows.rows[i].number for i in numbers)
+        for number in _merge_check(merge_candidates, tokenizer):
+            warning = warnings.setdefault("boundary_merge", Warning("boundary_merge"))
+            if number not in warning.rows[-1:]:
+                warning.rows.append(number)
     return EncodedSet(examples, stats, sorted(warnings.values(), key=lambda w: w.kind))
+
+
+def _apply_overflow(number, source, layout, ids, labels, removable, recipe, stats) -> Encoded | None:
+    """The example as trained, after the overflow policy; None (and counted) when it is dropped."""
+    truncated = False
+    if len(ids) > recipe.max_length:
+        if recipe.on_overflow == "error":
+            raise DataError(
+                f"{source} row {number}: {len(ids)} tokens, more than max_length {recipe.max_length}",
+                hint="raise max_length, or set on_overflow: drop | truncate_prompt",
+            )
+        if recipe.on_overflow == "truncate_prompt":
+            ids, labels, truncated = _truncate_prompt(ids, labels, removable, len(ids) - recipe.max_length)
+        if len(ids) > recipe.max_length:
+            stats.dropped += 1
+            stats.dropped_rows.append(number)
+            return None
+    trained = sum(label != IGNORE for label in labels)
+    if trained == 0:
+        stats.dropped += 1
+        stats.dropped_rows.append(number)
+        return None
+    stats.examples += 1
+    stats.truncated += truncated
+    stats.trained_tokens += trained
+    stats.total_tokens += len(ids)
+    stats.max_tokens = max(stats.max_tokens, len(ids))
+    return Encoded(number, layout.text, ids, labels, truncated)
 
 
 def _in_marker(start: int, end: int, markers: tuple[tuple[int, int], ...]) -> bool:
@@ -248,28 +351,24 @@ def _truncate_prompt(ids, labels, removable, excess):
     return [ids[i] for i in keep], [labels[i] for i in keep], True
 
 
-def _row_traps(rendered, pieces, ids, labels, end_ids, tokenizer, recipe):
-    """Per-row whitespace and boundary traps: yields (kind, detail)."""
+def _row_traps(rendered, ids, labels, end_ids, tokenizer, recipe, options):
+    """Per-example whitespace, boundary and control-token traps: yields (kind, detail)."""
     segments = rendered.segments
-    ends = end_tokens(tokenizer)
-    for answer in (s.text for s in segments if s.kind == "answer"):
-        body = next((answer[: -len(end)] for end in ends if answer.endswith(end)), answer)
+    ends = options.stop_tokens
+    # the row's own answer text (chat answers are template output, checked by the template's own rules)
+    answers = "".join(s.text if s.kind == "answer" and s.plain else "\0" for s in segments).split("\0")
+    for body in (a for a in answers if a) if recipe.template != "chat" else ():
         if body[:1].isspace():
             yield "answer_leading_space", repr(body[:12])
         if body[-1:].isspace():
             yield "answer_trailing_space", repr(body[-12:])
-    for before, after in zip(pieces, pieces[1:]):
-        if after.trained and before.text.endswith((" ", "\t")):
+    for before, after in zip(segments, segments[1:]):
+        if after.kind == "answer" and before.kind != "answer" and before.text.endswith((" ", "\t")):
             yield "prompt_trailing_space", repr(before.text[-16:])
-    specials = [t for t in (*tokenizer.all_special_tokens, *extra_special_tokens(recipe.template)) if t]
-    for segment in segments:
-        text = segment.text
-        if segment.kind == "answer":
-            text = next((text[: -len(end)] for end in ends if text.endswith(end)), text)
-        hit = next((t for t in specials if t in text), None) if segment.kind != "marker" else None
-        if hit:
-            yield "special_token_in_text", hit
-            break
+    specials = [t for t in (*options.control_tokens, *extra_special_tokens(recipe.template)) if t]
+    hit = next((t for s in segments if s.plain for t in specials if t in s.text), None)
+    if hit:
+        yield "special_token_in_text", hit
     if recipe.loss == "masked":
         trained = [t for t, label in zip(ids, labels) if label != IGNORE]
         if trained and trained[-1] not in end_ids:
@@ -286,19 +385,11 @@ def _contains(haystack: list[int], needle: list[int]) -> bool:
     return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
 
 
-def _merge_check(rendered, pieces, piece_ids, tokenizer) -> dict[str, list[int]]:
-    """Rows whose whole-text tokenization differs from the piecewise one (a merge across a boundary)."""
-    multi = [i for i, ps in enumerate(pieces) if len(ps) > 1]
-    if not multi:
-        return {}
-    whole = tokenizer([rendered[i].text for i in multi], add_special_tokens=False)["input_ids"]
-    starts, k = [], 0
-    for ps in pieces:
-        starts.append(k)
-        k += len(ps)
-    merged = defaultdict(list)
-    for i, whole_ids in zip(multi, whole):
-        joined = [t for j in range(starts[i], starts[i] + len(pieces[i])) for t in piece_ids[j]]
-        if joined != whole_ids:
-            merged["boundary_merge"].append(i)
-    return merged
+def _merge_check(candidates, tokenizer) -> list[int]:
+    """Rows whose whole-text tokenization (row literals kept as text) differs from the piecewise one: a merge across
+    a prompt/answer boundary."""
+    if not candidates:
+        return []
+    whole = tokenize_pieces(tokenizer, [_piece(layout.text, 0, len(layout.text), False, layout.literals)
+                                        for _, layout, _ in candidates])
+    return [number for (number, _, ours), (theirs, _) in zip(candidates, whole) if ours != theirs]

@@ -4,6 +4,7 @@ normalisation, answer contained), overall and per task family, for a run and opt
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,8 @@ def eval_recipe(run_dir: Path, data: Path) -> Recipe:
     return Recipe.model_validate({
         "model": info["base_model"], "data": {"path": str(data)}, "template": info["template"],
         "loss": "masked", "loss_turns": info.get("loss_turns", "all"), "max_length": info.get("max_length", 1024),
-        "on_overflow": "truncate_prompt",
+        "on_overflow": "truncate_prompt", "chat": info.get("chat") or {},
+        "special_tokens_in_text": info.get("special_tokens_in_text", "plain"),
     })
 
 
@@ -102,7 +104,7 @@ def evaluate(run_dir: Path, data: Path, base: bool = False, limit: int | None = 
     if not rows.rows:
         raise SftError(f"{data}: no rows to evaluate")
     tasks = {i: r.get("task") for i, r in enumerate(read_records(str(data)), 1)}
-    encoded = encode_rows(rows, run.tokenizer, recipe, diagnose=False)
+    encoded = encode_rows(rows, run.tokenizer, recipe, diagnose=False, options=replace(run.options, unmasked=False))
     loss, tokens = answer_loss(run, encoded.examples)
     answers = generate(run, [r.fields for r in rows.rows], sampling, on_batch=on_batch)
     overall, by_task, shown = Score(), defaultdict(Score), []

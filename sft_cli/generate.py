@@ -21,7 +21,8 @@ class LoadedRun:
     model: Any
     tokenizer: Any
     template: str | CustomTemplate
-    loss_turns: str
+    options: Any  # templates.RenderOptions, as in training
+    special_tokens_in_text: str
     base_model: ModelSection
     is_lora: bool
 
@@ -44,6 +45,20 @@ def run_info(run_dir: Path) -> dict:
 def template_of(info: dict) -> str | CustomTemplate:
     spec = info["template"]
     return CustomTemplate(**spec) if isinstance(spec, dict) else spec
+
+
+def run_options(info: dict, tokenizer):
+    """The rendering options a run was trained with (stop tokens as recorded, else from the tokenizer)."""
+    from sft_cli.templates import RenderOptions
+    from sft_cli.tokens import control_tokens, stop_tokens
+
+    chat = info.get("chat") or {}
+    return RenderOptions(
+        loss_turns=info.get("loss_turns", "all"), unmasked=info.get("loss") == "unmasked",
+        stop_tokens=tuple(info.get("stop_tokens") or stop_tokens(tokenizer)), control_tokens=control_tokens(tokenizer),
+        system_message=chat.get("system_message", "keep"), train_reasoning=chat.get("train_reasoning", True),
+        template_kwargs=tuple(sorted((chat.get("template_kwargs") or {}).items())),
+    )
 
 
 def load_run(run_dir: Path, base: bool = False):
@@ -71,24 +86,22 @@ def load_run(run_dir: Path, base: bool = False):
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
-    return LoadedRun(model, tokenizer, template_of(info), info.get("loss_turns", "all"), base_spec, is_lora)
+    return LoadedRun(model, tokenizer, template_of(info), run_options(info, tokenizer),
+                     info.get("special_tokens_in_text", "plain"), base_spec, is_lora)
 
 
 def prompt_token_ids(run: LoadedRun, row: dict) -> list[int]:
     """The prompt of a row (alpaca fields or `messages`), as the model saw prompts in training."""
-    from sft_cli.encode import end_tokens, prompt_ids
-    from sft_cli.templates import render
+    from sft_cli.encode import prompt_ids
+    from sft_cli.templates import render_prompt
 
-    rendered = render(run.template, row, run.tokenizer, loss_turns=run.loss_turns,
-                      end_tokens=end_tokens(run.tokenizer), with_answer=False)
-    return prompt_ids(run.tokenizer, rendered.text, run.template)
+    rendered = render_prompt(run.template, row, run.tokenizer, run.options)
+    return prompt_ids(run.tokenizer, rendered, run.template, run.options, run.special_tokens_in_text)
 
 
 def stop_ids(run: LoadedRun) -> list[int]:
-    """EOS and the template's end-of-turn token: generation stops at whichever comes first."""
-    from sft_cli.encode import end_tokens
-
-    ids = run.tokenizer.convert_tokens_to_ids(list(end_tokens(run.tokenizer)))
+    """EOS and the model's end-of-turn tokens, as in training: generation stops at whichever comes first."""
+    ids = run.tokenizer.convert_tokens_to_ids(list(run.options.stop_tokens))
     return sorted({i for i in ids if i is not None and i >= 0})
 
 

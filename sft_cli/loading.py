@@ -35,7 +35,7 @@ def load_tokenizer(recipe: Recipe):
     from transformers import AutoTokenizer
 
     from sft_cli.encode import prepare_tokenizer
-    from sft_cli.templates import check_chat_template
+    from sft_cli.chat import check_chat_template
 
     name, kwargs = model_location(recipe.model)
     try:

@@ -111,6 +111,16 @@ class TrainingSection(Section):
     gradient_checkpointing: bool = Field(False, description="trade compute for memory")
 
 
+class ChatSection(Section):
+    system_message: Literal["keep", "merge_into_first_user"] = Field(
+        "keep", description="keep | merge_into_first_user (for templates that refuse a system turn, e.g. Gemma)"
+    )
+    train_reasoning: bool = Field(True, description="train an assistant turn's reasoning (<think>, thinking) too")
+    template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra variables for the chat template, e.g. {enable_thinking: false}"
+    )
+
+
 class OutputSection(Section):
     dir: str | None = Field(None, description="run folder; default runs/<recipe name>-<timestamp>")
 
@@ -127,6 +137,10 @@ class Recipe(Section):
     on_overflow: Literal["drop", "truncate_prompt", "error"] = Field(
         "drop", description="drop | truncate_prompt (cut the prompt from the left) | error"
     )
+    special_tokens_in_text: Literal["plain", "control"] = Field(
+        "plain", description="row text spelling a special token, e.g. '<|im_end|>': plain text | control token"
+    )
+    chat: ChatSection = Field(default_factory=ChatSection, description="template: chat only")
     lora: LoraSection | None = Field(None, description="LoRA adapters instead of full fine-tuning")
     training: TrainingSection = Field(default_factory=TrainingSection)
     trainer_args: dict[str, Any] = Field(
@@ -139,7 +153,7 @@ class Recipe(Section):
     def _empty_sections_are_defaults(cls, raw: Any) -> Any:
         """`training:` with nothing (or only comments) under it means the defaults, not an error."""
         if isinstance(raw, dict):
-            raw = {**raw, **{k: {} for k in ("training", "output") if k in raw and raw[k] is None}}
+            raw = {**raw, **{k: {} for k in ("training", "output", "chat") if k in raw and raw[k] is None}}
         return raw
 
     @model_validator(mode="after")

@@ -59,6 +59,8 @@ def render_preview(console: Console, preview: Preview, show_ids: bool = False) -
     table.add_column(justify="right")
     table.add_row("rows", str(stats.rows))
     table.add_row("examples kept", str(stats.examples))
+    if stats.split_turns:
+        table.add_row("chat turns trained in their own example", str(stats.split_turns))
     table.add_row("dropped (overflow / nothing trained)", str(stats.dropped))
     table.add_row("truncated", str(stats.truncated))
     table.add_row("skipped bad rows", str(stats.skipped))

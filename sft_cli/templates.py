@@ -15,8 +15,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from sft_cli.errors import DataError, SftError
-from sft_cli.recipe import CustomTemplate
+from sft_cli.errors import SftError
+from sft_cli.recipe import CustomTemplate, Recipe
 
 SegmentKind = Literal["marker", "prompt", "answer"]
 SPECIAL_TOKENS_MARKERS = ("<|instruction|>", "<|input|>", "<|response|>")
@@ -24,15 +24,23 @@ SPECIAL_TOKENS_MARKERS = ("<|instruction|>", "<|input|>", "<|response|>")
 
 @dataclass(frozen=True)
 class Segment:
+    """A run of text and what it is. `plain`: it comes from the row, so a control token's text inside it (a literal
+    `<|im_end|>` in an answer) is tokenized as ordinary text unless the recipe says otherwise."""
+
     text: str
     kind: SegmentKind
+    plain: bool = False
 
 
 @dataclass(frozen=True)
 class Rendered:
-    """A rendered example: its segments, in order; their texts joined give the full training text."""
+    """A rendered example: its segments, in order; their texts joined give the full training text. `split`: a chat
+    turn trained in an example of its own (the template rewrites its history); `notes`: warning kinds found while
+    rendering (e.g. `reasoning_dropped`)."""
 
     segments: tuple[Segment, ...]
+    split: bool = False
+    notes: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -54,8 +62,33 @@ class ChatTokenizer(Protocol):
     def apply_chat_template(self, conversation: list[dict], **kwargs: Any) -> str: ...
 
 
-def _segments(*parts: tuple[str, SegmentKind]) -> Rendered:
-    return Rendered(tuple(Segment(text, kind) for text, kind in parts if text))
+@dataclass(frozen=True)
+class RenderOptions:
+    """Everything besides the row that decides how it renders: the recipe's choices and the tokenizer's facts."""
+
+    loss_turns: str = "all"
+    unmasked: bool = False
+    stop_tokens: tuple[str, ...] = ()
+    control_tokens: tuple[str, ...] = ()  # row text that spells one of these stays text (see tokens.py)
+    system_message: str = "keep"
+    train_reasoning: bool = True
+    template_kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+def render_options(recipe: Recipe, tokenizer) -> RenderOptions:
+    """The recipe's rendering choices with the tokenizer's stop and control tokens."""
+    from sft_cli.tokens import control_tokens, stop_tokens
+
+    chat = recipe.chat
+    return RenderOptions(
+        loss_turns=recipe.loss_turns, unmasked=recipe.loss == "unmasked", stop_tokens=stop_tokens(tokenizer),
+        control_tokens=control_tokens(tokenizer), system_message=chat.system_message,
+        train_reasoning=chat.train_reasoning, template_kwargs=tuple(sorted(chat.template_kwargs.items())),
+    )
+
+
+def _segments(*parts: tuple[str, SegmentKind] | tuple[str, SegmentKind, bool]) -> Rendered:
+    return Rendered(tuple(Segment(*part) for part in parts if part[0]))
 
 
 def _instruction(row: dict) -> tuple[str, str]:
@@ -74,28 +107,28 @@ def render_instruction(name: str, row: dict, eos: str, with_answer: bool = True)
     """A built-in instruction template; the input block is left out when the input is empty."""
     head, before_input, before_answer = INSTRUCTION_MARKERS[name]
     instruction, input_text = _instruction(row)
-    parts = [(head, "marker"), (instruction, "prompt")]
+    parts: list = [(head, "marker"), (instruction, "prompt", True)]
     if input_text:
-        parts += [(before_input, "marker"), (input_text, "prompt")]
+        parts += [(before_input, "marker"), (input_text, "prompt", True)]
     parts.append((before_answer, "marker"))
     if with_answer:
-        parts.append((row["output"] + eos, "answer"))
+        parts += [(row["output"], "answer", True), (eos, "answer")]
     return _segments(*parts)
 
 
 def render_custom(template: CustomTemplate, row: dict, eos: str, with_answer: bool = True) -> Rendered:
     """Literal text of the prompt format is a marker, each {field} is prompt; the response format is answer."""
-    parts: list[tuple[str, SegmentKind]] = []
+    parts: list = []
     for literal, field, _, _ in string.Formatter().parse(template.prompt):
         parts.append((literal, "marker"))
         if field is not None:
-            parts.append((_field(row, field), "prompt"))
+            parts.append((_field(row, field), "prompt", True))
     if with_answer:
-        response = "".join(
-            literal + (_field(row, field) if field is not None else "")
-            for literal, field, _, _ in string.Formatter().parse(template.response)
-        )
-        parts.append((response + eos, "answer"))
+        for literal, field, _, _ in string.Formatter().parse(template.response):
+            parts.append((literal, "answer"))
+            if field is not None:
+                parts.append((_field(row, field), "answer", True))
+        parts.append((eos, "answer"))
     return _segments(*parts)
 
 
@@ -119,72 +152,6 @@ def template_fields(template: CustomTemplate) -> set[str]:
     }
 
 
-# --- the tokenizer's own chat template ----------------------------------------------------------------
-
-
-def alpaca_to_messages(row: dict) -> list[dict]:
-    """An instruction row as one user turn (input on its own paragraph) and one assistant turn."""
-    instruction, input_text = _instruction(row)
-    user = f"{instruction}\n\n{input_text}" if input_text else instruction
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
-
-
-def _chat_text(tokenizer: ChatTokenizer, messages: list[dict], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-
-def render_chat(
-    tokenizer: ChatTokenizer, messages: list[dict], end_tokens: tuple[str, ...], loss_turns: str = "all",
-    with_answer: bool = True,
-) -> Rendered:
-    """Render a conversation with the tokenizer's chat template and find each turn's content in it.
-
-    An assistant turn's answer is its content plus the end-of-turn token the template writes right after it
-    (one of `end_tokens`). The text before each trained turn must equal the template's generation prompt
-    for the history, so the model is trained on the prompt it gets at inference.
-    """
-    if not with_answer:
-        history = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
-        return _segments((_chat_text(tokenizer, history, True), "marker"))
-    assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    trained = set(assistant_turns if loss_turns == "all" else assistant_turns[-1:])
-    full = _chat_text(tokenizer, messages, False)
-    parts: list[tuple[str, SegmentKind]] = []
-    cursor = 0
-    for i, message in enumerate(messages):
-        content = message["content"]
-        start = full.find(content, cursor) if content else cursor
-        if start < 0:
-            raise DataError(
-                f"the chat template changes the text of turn {i + 1} ({message['role']}), so its tokens "
-                "cannot be located",
-                hint="use a template that writes message contents verbatim, or template: alpaca",
-            )
-        end = start + len(content)
-        if i in trained:
-            expected = _chat_text(tokenizer, messages[:i], True)
-            if full[:start] != expected:
-                raise DataError(
-                    f"the chat template renders the history before assistant turn {i + 1} differently from "
-                    "its generation prompt, so training and inference prompts would differ",
-                    hint="use loss_turns: last, or a template whose generation prompt is a prefix of the chat",
-                )
-            end += next((len(t) for t in end_tokens if t and full.startswith(t, end)), 0)
-        parts.append((full[cursor:start], "marker"))
-        parts.append((full[start:end], "answer" if i in trained else "prompt"))
-        cursor = end
-    parts.append((full[cursor:], "marker"))
-    return _segments(*parts)
-
-
-def check_chat_template(tokenizer: ChatTokenizer) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        raise SftError(
-            "template: chat needs a tokenizer with a chat template, and this one has none",
-            hint="pick template: alpaca, human_assistant or special_tokens, or a custom template",
-        )
-
-
 def extra_special_tokens(template: str | CustomTemplate) -> list[str]:
     """Tokens a template needs added to the tokenizer (each then encodes to one id)."""
     if template == "special_tokens":
@@ -194,15 +161,43 @@ def extra_special_tokens(template: str | CustomTemplate) -> list[str]:
     return []
 
 
-def render(
-    template: str | CustomTemplate, row: dict, tokenizer: ChatTokenizer, *, loss_turns: str = "all",
-    end_tokens: tuple[str, ...] = (), with_answer: bool = True,
-) -> Rendered:
-    """Render one normalised row (alpaca fields, or `messages`) with the recipe's template."""
-    eos = tokenizer.eos_token or ""
+def render(template: str | CustomTemplate, row: dict, tokenizer: ChatTokenizer,
+           options: RenderOptions = RenderOptions()) -> list[Rendered]:
+    """The training examples of one normalised row (alpaca fields, or `messages`): one, except for chats whose
+    template rewrites history (see chat.py)."""
     if template == "chat":
-        messages = row["messages"] if "messages" in row else alpaca_to_messages(row)
-        return render_chat(tokenizer, messages, end_tokens or (eos,), loss_turns, with_answer)
+        from sft_cli.chat import render_chat
+
+        return render_chat(tokenizer, chat_row(row), options)
+    return [_render_instruction_row(template, row, tokenizer.eos_token or "", True)]
+
+
+def render_prompt(template: str | CustomTemplate, row: dict, tokenizer: ChatTokenizer,
+                  options: RenderOptions = RenderOptions()) -> Rendered:
+    """The inference prompt of a row: for chats, the generation prompt of the history before the last assistant
+    turn (or of the whole chat when it ends with a user turn)."""
+    if template == "chat":
+        from sft_cli.chat import render_chat_prompt
+
+        return render_chat_prompt(tokenizer, chat_row(row), options)
+    return _render_instruction_row(template, row, tokenizer.eos_token or "", False)
+
+
+def _render_instruction_row(template: str | CustomTemplate, row: dict, eos: str, with_answer: bool) -> Rendered:
     if isinstance(template, CustomTemplate):
         return render_custom(template, row, eos, with_answer)
     return render_instruction(template, row, eos, with_answer)
+
+
+def alpaca_to_messages(row: dict) -> list[dict]:
+    """An instruction row as one user turn (input on its own paragraph) and one assistant turn."""
+    instruction, input_text = _instruction(row)
+    user = f"{instruction}\n\n{input_text}" if input_text else instruction
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+
+
+def chat_row(row: dict) -> dict:
+    """A row as a chat: its `messages` (and `tools`), or an instruction row as one user and one assistant turn."""
+    if "messages" in row:
+        return row
+    return {"messages": alpaca_to_messages(row)}

@@ -466,7 +466,7 @@ def finish(trainer, tokenizer, loaded: LoadedRecipe, result: RunResult, wall: fl
         shutil.rmtree(aside, ignore_errors=True)
         trainer.model.save_pretrained(aside)
         tokenizer.save_pretrained(aside)
-        save_template(aside, recipe)
+        save_template(aside, recipe, tokenizer)
         for item in aside.iterdir():
             target = run_dir / item.name
             if target.is_dir():
@@ -493,11 +493,16 @@ def finish(trainer, tokenizer, loaded: LoadedRecipe, result: RunResult, wall: fl
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
-def save_template(folder: Path, recipe: Recipe) -> None:
-    """The template and masking choices, so generation renders prompts exactly as training did."""
+def save_template(folder: Path, recipe: Recipe, tokenizer) -> None:
+    """The template, masking and chat choices and the stop tokens, so generation renders prompts exactly as
+    training did and stops where training taught it to."""
+    from sft_cli.tokens import stop_tokens
+
     template = recipe.template if isinstance(recipe.template, str) else recipe.template.model_dump()
     data = {"template": template, "loss": recipe.loss, "loss_turns": recipe.loss_turns,
-            "max_length": recipe.max_length, "base_model": recipe.model.model_dump(), "lora": bool(recipe.lora)}
+            "max_length": recipe.max_length, "chat": recipe.chat.model_dump(),
+            "special_tokens_in_text": recipe.special_tokens_in_text, "stop_tokens": list(stop_tokens(tokenizer)),
+            "base_model": recipe.model.model_dump(), "lora": bool(recipe.lora)}
     (folder / TEMPLATE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 

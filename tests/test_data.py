@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import ALPACA_ROWS, write_jsonl
-from sft_cli.data import load_rows, read_records
+from sft_cli.data import load_rows, normalise, read_records
 from sft_cli.errors import DataError
 from sft_cli.recipe import Recipe
 
@@ -75,7 +75,9 @@ def test_bad_rows_skipped_and_counted(tmp_path):
 @pytest.mark.parametrize("messages, message", [
     ([{"role": "user", "content": "hi"}], "no assistant turn"),
     ([{"role": "robot", "content": "hi"}], "message 1: role must be one of"),
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}], "an assistant turn is empty"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}], "message 2: the assistant turn is empty"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"function": {}}]}],
+     "message 2: each tool call needs a function name"),
 ])
 def test_bad_messages(tmp_path, messages, message):
     path = write_jsonl(tmp_path / "c.jsonl", [{"messages": messages}])
@@ -103,3 +105,17 @@ def test_eval_fraction_split_is_seeded_and_disjoint(tmp_path):
 def test_eval_split_without_eval_data(tmp_path):
     with pytest.raises(DataError, match="no eval data"):
         load_rows(recipe(write_jsonl(tmp_path / "d.jsonl", ALPACA_ROWS)), "eval")
+
+
+def test_reasoning_and_tools_are_read_from_common_data_shapes():
+    """reasoning_content / thinking / a leading <think> block, JSON-text arguments and tools all normalise."""
+    row = normalise({"messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "<think>\nstep\n</think>\n\nanswer"},
+        {"role": "assistant", "thinking": "t", "content": "a", "tool_calls": [
+            {"function": {"name": "f", "arguments": json.dumps({"x": 1})}}]},
+    ], "tools": json.dumps([{"type": "function", "function": {"name": "f"}}])}, "messages", {}, False)
+    assert row["messages"][1] == {"role": "assistant", "content": "answer", "reasoning": "step"}
+    assert row["messages"][2]["reasoning"] == "t"
+    assert row["messages"][2]["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]
+    assert row["tools"][0]["function"]["name"] == "f"

@@ -11,7 +11,7 @@ from sft_cli.data import Row, Rows
 from sft_cli.encode import IGNORE, encode_rows, prepare_tokenizer
 from sft_cli.errors import DataError
 from sft_cli.recipe import Recipe
-from sft_cli.templates import alpaca_to_messages, render
+from sft_cli.templates import alpaca_to_messages, render, render_prompt
 
 CUSTOM = {"prompt": "Q: {instruction} {input}\nA:", "response": " {output}", "special_tokens": ["<|sep|>"]}
 TEMPLATES = ["alpaca", "human_assistant", "special_tokens", "chat", "custom"]
@@ -71,7 +71,7 @@ def test_prompt_tokens_equal_inference_tokens_and_one_bos(model_path, template):
     tokenizer = tokenizer_for(model_path, recipe)
     encoded = encode_rows(rows_of(ALPACA_ROWS), tokenizer, recipe)
     for row, example in zip(ALPACA_ROWS, encoded.examples):
-        prompt = render(recipe.template, {**row, "input": row.get("input", "")}, tokenizer, with_answer=False).text
+        prompt = render_prompt(recipe.template, {**row, "input": row.get("input", "")}, tokenizer).text
         at_inference = tokenizer(prompt, add_special_tokens=template != "chat")["input_ids"]
         first_trained = next(i for i, label in enumerate(example.labels) if label != IGNORE)
         assert example.input_ids[:first_trained] == at_inference

@@ -46,6 +46,32 @@ def test_prompt_tokens_equal_training_prompt_tokens(full_run, tmp_path):
         assert prompt_token_ids(run, row.fields) == example.input_ids[:first]
 
 
+@pytest.mark.parametrize("family, chat", [("qwen3", "multi"), ("mistral-nemo", "system")])
+def test_chat_prompt_ids_equal_training_for_templates_that_rewrite_history(tmp_path, tiny_path, family, chat):
+    """Qwen3 (think block only in the last turn) and Mistral (system message moved into the last user turn): the
+    prompt `sft generate` builds is, id for id, the one the last turn was trained after."""
+    import shutil
+
+    from families import CHATS, FAMILIES, build_family_tokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_path, model)
+    build_family_tokenizer(FAMILIES[family], tiny_path, model)
+    path = recipe_file(tmp_path, model, rows=[CHATS[chat]], template="chat", max_length=512,
+                       training={"max_steps": 2})
+    run = load_run(train(load_recipe(path)).run_dir)
+    assert set(run.options.stop_tokens) == set(FAMILIES[family].stops)
+    recipe = load_recipe(path).recipe
+    rows = load_rows(recipe)
+    ending = CHATS[chat]["messages"][-1]["content"] + FAMILIES[family].eos
+    last_turn = [e for e in encode_rows(rows, run.tokenizer, recipe).examples
+                 if run.tokenizer.decode([t for t, lb in zip(e.input_ids, e.labels) if lb != IGNORE]).endswith(ending)]
+    assert len(last_turn) == 1
+    labels = last_turn[0].labels
+    start = max(i for i in range(len(labels)) if labels[i] != IGNORE and (i == 0 or labels[i - 1] == IGNORE))
+    assert prompt_token_ids(run, rows.rows[0].fields) == last_turn[0].input_ids[:start]
+
+
 def test_memorised_answers_come_back_and_stop_at_eos(full_run):
     run = load_run(full_run)
     answers = generate(run, ALPACA_ROWS, Sampling(max_new_tokens=20))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sft_cli.recipe import CustomTemplate
-from sft_cli.templates import Rendered, render
+from sft_cli.templates import Rendered, render, render_prompt
 
 ROW = {"instruction": "Answer the question.", "input": "Which is the largest ocean?", "output": "The Pacific Ocean."}
 NO_INPUT = {**ROW, "input": ""}
@@ -28,15 +28,16 @@ class FakeTokenizer:
     ("special_tokens", NO_INPUT, "<|instruction|> Answer the question. <|response|> The Pacific Ocean.</s>"),
 ])
 def test_exact_texts(template, row, text):
-    rendered = render(template, row, FakeTokenizer())
+    [rendered] = render(template, row, FakeTokenizer())
     assert rendered.text == text
-    assert [s.text for s in rendered.segments if s.kind == "answer"] == ["The Pacific Ocean.</s>"]
+    assert "".join(s.text for s in rendered.segments if s.kind == "answer") == "The Pacific Ocean.</s>"
+    assert [s.text for s in rendered.segments if s.kind == "answer" and s.plain] == ["The Pacific Ocean."]
     assert rendered.prompt == text.removesuffix("The Pacific Ocean.</s>")
-    assert render(template, row, FakeTokenizer(), with_answer=False).text == rendered.prompt
+    assert render_prompt(template, row, FakeTokenizer()).text == rendered.prompt
 
 
 def test_user_content_is_prompt_and_template_text_is_marker():
-    rendered = render("alpaca", ROW, FakeTokenizer())
+    [rendered] = render("alpaca", ROW, FakeTokenizer())
     kinds = [(s.kind, s.text) for s in rendered.segments]
     assert ("prompt", "Answer the question.") in kinds and ("prompt", "Which is the largest ocean?") in kinds
     assert ("marker", "\n### Response:\n") in kinds
@@ -44,7 +45,7 @@ def test_user_content_is_prompt_and_template_text_is_marker():
 
 def test_custom_template_fields_and_response():
     template = CustomTemplate(prompt="Q ({task}): {instruction}\nA:", response=" {output}")
-    rendered = render(template, {**ROW, "task": "geo"}, FakeTokenizer())
+    [rendered] = render(template, {**ROW, "task": "geo"}, FakeTokenizer())
     assert rendered.text == "Q (geo): Answer the question.\nA: The Pacific Ocean.</s>"
     assert rendered.prompt == "Q (geo): Answer the question.\nA:"
 

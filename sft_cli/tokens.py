@@ -1,0 +1,152 @@
+"""Token-level facts of a tokenizer that templates and encoding share: which tokens stop generation, which tokens
+row text must never produce, and the one way text is tokenized (with row literals of control tokens kept as text).
+
+A "piece" is tokenized either at the start of an example (`middle=False`) or in the middle of one. A middle piece is
+tokenized after a newline that is then removed, so SentencePiece tokenizers add no prefix space there (the same
+trick transformers uses in `encode_marked_chat`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+# Where the model ships no generation_config.json: tokens that end an assistant turn in common families.
+KNOWN_TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "<|return|>", "<|call|>",
+                   "<｜end▁of▁sentence｜>")
+
+
+def _generation_config_eos(name_or_path: str) -> list[int] | None:
+    """The eos ids of the model's generation_config.json (local folder, or the hub with internet), if it has one."""
+    local = Path(name_or_path) / "generation_config.json"
+    try:
+        if local.is_file():
+            config = json.loads(local.read_text(encoding="utf-8"))
+        else:
+            from transformers.utils import cached_file
+
+            found = cached_file(name_or_path, "generation_config.json", _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)
+            if not found:
+                return None
+            config = json.loads(Path(found).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    eos = config.get("eos_token_id")
+    if eos is None:
+        return None
+    return [eos] if isinstance(eos, int) else [int(i) for i in eos]
+
+
+def stop_tokens(tokenizer) -> tuple[str, ...]:
+    """Tokens that end a generated turn: the tokenizer's EOS and the model's generation eos ids (e.g. `<|eot_id|>`,
+    gpt-oss's `<|return|>` and `<|call|>`); without a generation config, known end-of-turn tokens in the vocabulary."""
+    found = [tokenizer.eos_token] if tokenizer.eos_token else []
+    eos_ids = _generation_config_eos(getattr(tokenizer, "name_or_path", "") or "")
+    if eos_ids is not None:
+        found += [tokenizer.convert_ids_to_tokens(i) for i in eos_ids if 0 <= i < len(tokenizer)]
+    else:
+        vocab = tokenizer.get_vocab()
+        found += [t for t in KNOWN_TURN_ENDS if t in vocab]
+    return tuple(dict.fromkeys(t for t in found if t))
+
+
+def control_tokens(tokenizer) -> tuple[str, ...]:
+    """Tokens that row text must not produce: special tokens, and added tokens the chat template writes itself
+    (Qwen's `<tool_call>`); whitespace tokens are left out. Longest first, so a token wins over its parts."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    literals = _template_literals(template) if template else ""
+    found = set(tokenizer.all_special_tokens)
+    for token in tokenizer.added_tokens_decoder.values():
+        if token.special or (token.content in literals and not token.content.isspace()):
+            found.add(token.content)
+    return tuple(sorted((t for t in found if t), key=len, reverse=True))
+
+
+def _template_literals(template: str) -> str:
+    """The literal text and string constants of a Jinja template, joined by NULs (no match across two)."""
+    import jinja2
+    import jinja2.nodes
+
+    try:
+        ast = jinja2.Environment().parse(template)
+    except jinja2.TemplateSyntaxError:
+        return template
+    literals = {n.data for n in ast.find_all(jinja2.nodes.TemplateData)}
+    literals |= {n.value for n in ast.find_all(jinja2.nodes.Const) if isinstance(n.value, str)}
+    return "\0".join(literals)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text to tokenize. `literals`: (start, end) ranges inside it that are tokenized as plain text even when they
+    spell a control token. `middle`: the piece does not start the example."""
+
+    text: str
+    middle: bool = False
+    literals: tuple[tuple[int, int], ...] = ()
+
+
+def tokenize_pieces(tokenizer, pieces: list[Piece]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(ids, character offsets) of each piece, batched. A piece with literals is cut around them; each literal is
+    tokenized with added tokens switched off."""
+    jobs: list[tuple[str, bool, bool]] = []  # (text, middle, as plain text)
+    layout: list[list[tuple[int, int]]] = []  # per piece: (job index, offset shift)
+    for piece in pieces:
+        cuts, parts, cursor = [], [], 0
+        for start, end in sorted(piece.literals):
+            if cursor < start:
+                parts.append((cursor, start, False))
+            parts.append((start, end, True))
+            cursor = end
+        if cursor < len(piece.text) or not parts:
+            parts.append((cursor, len(piece.text), False))
+        for k, (start, end, plain) in enumerate(parts):
+            cuts.append((len(jobs), start))
+            jobs.append((piece.text[start:end], piece.middle or k > 0, plain))
+        layout.append(cuts)
+    results = _run_jobs(tokenizer, jobs)
+    out = []
+    for cuts in layout:
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        for job, shift in cuts:
+            job_ids, job_offsets = results[job]
+            ids += job_ids
+            offsets += [(s + shift, e + shift) for s, e in job_offsets]
+        out.append((ids, offsets))
+    return out
+
+
+def _run_jobs(tokenizer, jobs: list[tuple[str, bool, bool]]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    results: list = [None] * len(jobs)
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    for plain in (False, True):
+        chosen = [i for i, job in enumerate(jobs) if job[2] == plain]
+        if not chosen:
+            continue
+        texts = [("\n" + jobs[i][0]) if jobs[i][1] else jobs[i][0] for i in chosen]
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                            **({"split_special_tokens": True} if plain else {}))
+        for i, ids, offsets in zip(chosen, encoded["input_ids"], encoded["offset_mapping"]):
+            if jobs[i][1]:
+                if ids[: len(newline)] == newline:
+                    ids, offsets = ids[len(newline):], [(max(s - 1, 0), max(e - 1, 0)) for s, e in
+                                                         offsets[len(newline):]]
+                else:  # the newline merged with the piece's own first characters: tokenize it alone
+                    alone = tokenizer(jobs[i][0], add_special_tokens=False, return_offsets_mapping=True,
+                                      **({"split_special_tokens": True} if plain else {}))
+                    ids, offsets = alone["input_ids"], alone["offset_mapping"]
+            results[i] = (list(ids), [tuple(o) for o in offsets])
+    return results
+
+
+def literal_ranges(text: str, tokens: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Where control tokens occur in `text` (longest match first, no overlaps)."""
+    if not tokens or not text:
+        return []
+    import re
+
+    pattern = re.compile("|".join(map(re.escape, tokens)))
+    return [m.span() for m in pattern.finditer(text)]
