@@ -72,10 +72,6 @@ def _unmark(text: str, kind: str) -> list[Segment]:
     return segments
 
 
-def clean(text: str) -> str:
-    return text.replace(MARK_START, "").replace(MARK_END, "")
-
-
 # --- messages as the family's template expects them ------------------------------------------------------
 
 
@@ -123,11 +119,13 @@ class _Template:
         self.tokenizer = tokenizer
         self.pattern = re.compile("|".join(map(re.escape, options.control_tokens))) if options.control_tokens else None
         source = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-        self.raw = row["messages"]
         self.messages = template_messages(self.mark(row["messages"]), source, options)
+        merged = len(row["messages"]) - len(self.messages)  # a system message merged into the first user turn
+        self.raw = row["messages"][merged:]  # the row's messages, aligned with self.messages
         tools = row.get("tools")
         self.tools = self.mark(tools) if tools else None
         self.kwargs = dict(options.template_kwargs)
+        self.rendered: dict[tuple[int, bool], str] = {}  # the same history is asked for more than once
 
     def mark(self, value: Any) -> Any:
         return _mark(value, self.pattern)
@@ -138,6 +136,11 @@ class _Template:
         return self.mark(reasoning) if reasoning is not None else None
 
     def text(self, upto: int, generation_prompt: bool) -> str:
+        if (upto, generation_prompt) not in self.rendered:
+            self.rendered[upto, generation_prompt] = self._render(upto, generation_prompt)
+        return self.rendered[upto, generation_prompt]
+
+    def _render(self, upto: int, generation_prompt: bool) -> str:
         import jinja2
 
         try:

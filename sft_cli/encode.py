@@ -22,7 +22,7 @@ from sft_cli.data import Rows
 from sft_cli.errors import DataError
 from sft_cli.recipe import Recipe
 from sft_cli.templates import Rendered, RenderOptions, Segment, extra_special_tokens, render, render_options
-from sft_cli.tokens import Piece, literal_ranges, tokenize_pieces
+from sft_cli.tokens import Piece, control_pattern, literal_ranges, tokenize_pieces
 
 IGNORE = -100
 WARNING_TEXT = {
@@ -116,7 +116,8 @@ class _Layout:
     pieces: list[Piece] = field(default_factory=list)
 
 
-def _layout(rendered: Rendered, control: tuple[str, ...]) -> _Layout:
+def _layout(rendered: Rendered, control) -> _Layout:
+    """`control`: the compiled control-token pattern for row text, or None where row text may spell them."""
     text = rendered.text
     answers, markers, literals = [], [], []
     cursor = 0
@@ -129,7 +130,7 @@ def _layout(rendered: Rendered, control: tuple[str, ...]) -> _Layout:
                 answers.append((cursor, end))
         elif segment.kind == "marker":
             markers.append((cursor, end))
-        if segment.plain and control:
+        if segment.plain and control is not None:
             literals += [(cursor + s, cursor + e) for s, e in literal_ranges(segment.text, control)]
         cursor = end
     layout = _Layout(rendered, text, answers, markers, literals)
@@ -175,9 +176,9 @@ def special_prefix(tokenizer, text: str, template, bos: list[int] | None = None)
 
 def prompt_ids(tokenizer, prompt: Rendered, template, options: RenderOptions, mode: str = "plain") -> list[int]:
     """Token ids of an inference prompt, exactly as training tokenizes the same text before an answer."""
-    control = options.control_tokens if mode == "plain" else ()
-    layout = _layout(prompt, control)
-    ids, _ = tokenize_pieces(tokenizer, [_piece(layout.text, 0, len(layout.text), False, layout.literals)])[0]
+    layout = _layout(prompt, control_pattern(options.control_tokens) if mode == "plain" else None)
+    ids, _ = tokenize_pieces(tokenizer, [_piece(layout.text, 0, len(layout.text), False, layout.literals)],
+                             offsets=False)[0]
     return special_prefix(tokenizer, layout.text, template) + ids
 
 
@@ -209,7 +210,8 @@ def render_rows(rows: Rows, tokenizer, recipe: Recipe, options: RenderOptions):
 
 def _assemble(layout: _Layout, results, prefix: list[int], unmasked: bool):
     """(ids, labels, removable, answers to split off) of one example from its tokenized pieces; ids is None when
-    every answer was split off."""
+    every answer was split off. `removable` (prompt tokens truncation may cut) is empty when offsets were not
+    asked for."""
     ids, labels, removable = list(prefix), [t if unmasked else IGNORE for t in prefix], [False] * len(prefix)
 
     def extend(new: list[int], trained: bool, can_remove: list[bool]) -> None:
@@ -255,10 +257,12 @@ def encode_rows(rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True,
                 options: RenderOptions | None = None) -> EncodedSet:
     """Render and encode every row; apply the overflow policy; count everything; optionally diagnose traps."""
     options = options or render_options(recipe, tokenizer)
-    control = options.control_tokens if recipe.special_tokens_in_text == "plain" else ()
+    control = control_pattern(options.control_tokens) if recipe.special_tokens_in_text == "plain" else None
     rendered, refused = render_rows(rows, tokenizer, recipe, options)
     layouts = [[_layout(r, control) for r in row_examples] for row_examples in rendered]
-    results = tokenize_pieces(tokenizer, [p for row in layouts for layout in row for p in layout.pieces])
+    with_offsets = recipe.on_overflow == "truncate_prompt"
+    results = tokenize_pieces(tokenizer, [p for row in layouts for layout in row for p in layout.pieces],
+                              offsets=with_offsets)
     bos = _bos_prefix(tokenizer)
     stats = Stats(rows=len(rows.rows) + len(rows.skipped), skipped=len(rows.skipped) + len(refused),
                   max_length=recipe.max_length, skipped_rows=sorted([*rows.skipped, *refused]))
@@ -278,7 +282,7 @@ def encode_rows(rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True,
             ids, labels, removable, split_off = _assemble(layout, pieces, prefix, options.unmasked)
             for n in split_off:
                 alone = _layout(_alone(layout, n), control)
-                queue.append((alone, tokenize_pieces(tokenizer, alone.pieces)))
+                queue.append((alone, tokenize_pieces(tokenizer, alone.pieces, offsets=with_offsets)))
             if ids is None:
                 continue
             encoded = _apply_overflow(row.number, rows.source, layout, ids, labels, removable, recipe, stats)
@@ -391,5 +395,5 @@ def _merge_check(candidates, tokenizer) -> list[int]:
     if not candidates:
         return []
     whole = tokenize_pieces(tokenizer, [_piece(layout.text, 0, len(layout.text), False, layout.literals)
-                                        for _, layout, _ in candidates])
+                                        for _, layout, _ in candidates], offsets=False)
     return [number for (number, _, ours), (theirs, _) in zip(candidates, whole) if ours != theirs]

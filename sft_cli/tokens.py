@@ -9,6 +9,7 @@ trick transformers uses in `encode_marked_chat`).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,12 +89,16 @@ class Piece:
     literals: tuple[tuple[int, int], ...] = ()
 
 
-def tokenize_pieces(tokenizer, pieces: list[Piece]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """(ids, character offsets) of each piece, batched. A piece with literals is cut around them; each literal is
-    tokenized with added tokens switched off."""
+def tokenize_pieces(tokenizer, pieces: list[Piece], offsets: bool = True):
+    """(ids, character offsets) of each piece, batched; offsets are empty unless asked for (only truncation needs
+    them). A piece with literals is cut around them; each literal is tokenized with added tokens switched off."""
     jobs: list[tuple[str, bool, bool]] = []  # (text, middle, as plain text)
     layout: list[list[tuple[int, int]]] = []  # per piece: (job index, offset shift)
     for piece in pieces:
+        if not piece.literals:  # the common case: one job, nothing to cut or shift
+            layout.append([(len(jobs), 0)])
+            jobs.append((piece.text, piece.middle, False))
+            continue
         cuts, parts, cursor = [], [], 0
         for start, end in sorted(piece.literals):
             if cursor < start:
@@ -106,9 +111,12 @@ def tokenize_pieces(tokenizer, pieces: list[Piece]) -> list[tuple[list[int], lis
             cuts.append((len(jobs), start))
             jobs.append((piece.text[start:end], piece.middle or k > 0, plain))
         layout.append(cuts)
-    results = _run_jobs(tokenizer, jobs)
+    results = _run_jobs(tokenizer, jobs, offsets)
     out = []
     for cuts in layout:
+        if len(cuts) == 1:
+            out.append(results[cuts[0][0]])
+            continue
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
         for job, shift in cuts:
@@ -119,7 +127,7 @@ def tokenize_pieces(tokenizer, pieces: list[Piece]) -> list[tuple[list[int], lis
     return out
 
 
-def _run_jobs(tokenizer, jobs: list[tuple[str, bool, bool]]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def _run_jobs(tokenizer, jobs: list[tuple[str, bool, bool]], with_offsets: bool):
     results: list = [None] * len(jobs)
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     for plain in (False, True):
@@ -127,26 +135,29 @@ def _run_jobs(tokenizer, jobs: list[tuple[str, bool, bool]]) -> list[tuple[list[
         if not chosen:
             continue
         texts = [("\n" + jobs[i][0]) if jobs[i][1] else jobs[i][0] for i in chosen]
-        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
-                            **({"split_special_tokens": True} if plain else {}))
-        for i, ids, offsets in zip(chosen, encoded["input_ids"], encoded["offset_mapping"]):
+        options = {"split_special_tokens": True} if plain else {}
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=with_offsets, **options)
+        all_offsets = encoded["offset_mapping"] if with_offsets else [[]] * len(chosen)
+        for i, ids, offsets in zip(chosen, encoded["input_ids"], all_offsets):
             if jobs[i][1]:
                 if ids[: len(newline)] == newline:
-                    ids, offsets = ids[len(newline):], [(max(s - 1, 0), max(e - 1, 0)) for s, e in
-                                                         offsets[len(newline):]]
+                    ids = ids[len(newline):]
+                    offsets = [(max(s - 1, 0), max(e - 1, 0)) for s, e in offsets[len(newline):]]
                 else:  # the newline merged with the piece's own first characters: tokenize it alone
-                    alone = tokenizer(jobs[i][0], add_special_tokens=False, return_offsets_mapping=True,
-                                      **({"split_special_tokens": True} if plain else {}))
-                    ids, offsets = alone["input_ids"], alone["offset_mapping"]
-            results[i] = (list(ids), [tuple(o) for o in offsets])
+                    alone = tokenizer(jobs[i][0], add_special_tokens=False, return_offsets_mapping=with_offsets,
+                                      **options)
+                    ids, offsets = alone["input_ids"], alone["offset_mapping"] if with_offsets else []
+            results[i] = (list(ids), offsets)
     return results
 
 
-def literal_ranges(text: str, tokens: tuple[str, ...]) -> list[tuple[int, int]]:
-    """Where control tokens occur in `text` (longest match first, no overlaps)."""
-    if not tokens or not text:
-        return []
-    import re
+def control_pattern(tokens: tuple[str, ...]) -> re.Pattern | None:
+    """A regex matching any of `tokens` (given longest first, so a token wins over its parts); None for none."""
+    return re.compile("|".join(map(re.escape, tokens))) if tokens else None
 
-    pattern = re.compile("|".join(map(re.escape, tokens)))
+
+def literal_ranges(text: str, pattern: re.Pattern | None) -> list[tuple[int, int]]:
+    """Where control tokens occur in `text` (no overlaps)."""
+    if pattern is None or not text:
+        return []
     return [m.span() for m in pattern.finditer(text)]

@@ -198,6 +198,15 @@ def test_gemma_system_message_merged_into_first_user_turn(family_tokenizers):
     assert "<start_of_turn>user\nAnswer in one word.\n\nCapital of Japan?<end_of_turn>" in encoded.examples[0].text
 
 
+def test_merged_system_message_keeps_each_turns_reasoning_and_tool_calls(family_tokenizers):
+    tokenizer = family_tokenizers("qwen3")
+    row = {"messages": [{"role": "system", "content": "Be exact."}, *CHATS["reasoning"]["messages"]]}
+    encoded, _ = encode_chat(tokenizer, row, chat={"system_message": "merge_into_first_user",
+                                                   "train_reasoning": False})
+    assert sorted(text for _, text, _ in turns_of(tokenizer, encoded)) == ["42<|im_end|>", "84<|im_end|>"]
+    assert "<|im_start|>user\nBe exact.\n\nWhat is 12 + 30?" in encoded.examples[0].text
+
+
 def test_template_errors_name_the_row_and_suggest_the_fix(family_tokenizers):
     with pytest.raises(DataError) as error:
         encode_chat(family_tokenizers("gemma2"), CHATS["system"])
