@@ -51,6 +51,10 @@ class EvalResult:
 
 
 def normalise(text: str) -> str:
+    """Whitespace-normalised final answer: a reasoning block the model wrote first (`<think>...</think>`) is not
+    part of it."""
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[-1]
     return " ".join(text.split())
 
 

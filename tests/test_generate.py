@@ -124,8 +124,9 @@ def test_eval_scores_tuned_above_base(full_run, tmp_path):
 
 
 @pytest.mark.parametrize("answer, expected, exact, contains", [
-    ("  Bonjour   !\n", "Bonjour !", 1, 1), ("The answer is 42.", "42", 0, 1), ("41", "42", 0, 0)])
-def test_score_normalises_whitespace(answer, expected, exact, contains):
+    ("  Bonjour   !\n", "Bonjour !", 1, 1), ("The answer is 42.", "42", 0, 1), ("41", "42", 0, 0),
+    ("<think>\n6 times 7 is 42\n</think>\n\n42", "42", 1, 1), ("<think>\n\n</think>\n\n41", "42", 0, 0)])
+def test_score_normalises_whitespace_and_scores_the_final_answer(answer, expected, exact, contains):
     score = Score()
     score.add(answer, expected)
     assert (score.exact, score.contains) == (exact, contains)
