@@ -84,6 +84,10 @@ def validate(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt) -> No
     out.print(f"[green]✓[/] {recipe} is valid: {loaded.recipe.summary()}", highlight=False, soft_wrap=True)
 
 
+NoCacheOpt = typer.Option(False, "--no-cache", help="Encode afresh and keep nothing (the cache is neither read "
+                          "nor written).")
+
+
 @command
 def preview(
     recipe: Path = RecipeArg,
@@ -93,20 +97,69 @@ def preview(
     split: str = typer.Option("train", help="train | eval"),
     ids: bool = typer.Option(False, "--ids", help="Show each token's id."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (examples, stats, warnings)."),
+    no_cache: bool = NoCacheOpt,
 ) -> None:
-    """Show, token by token, what the model will be trained on, and dataset-wide counts and warnings."""
+    """Show, token by token, what the model will be trained on, then dataset-wide counts, lengths and warnings."""
     from sft_cli.preview import build_preview
 
     if split not in ("train", "eval"):
         raise SftError(f"--split: expected train or eval, got {split!r}")
     loaded = _load(recipe, set_)
-    result = build_preview(loaded.recipe, split=split, limit=limit, index=index)
+    quiet_libraries()
+    from sft_cli.render import render_examples, render_stats
+
+    show = None if as_json else (lambda shown: render_examples(out, shown, show_ids=ids))
+    result = build_preview(loaded.recipe, split=split, limit=limit, index=index, cache=not no_cache,
+                           progress=row_progress(err), on_examples=show)
     if as_json:
         sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
         return
-    from sft_cli.render import render_preview
+    render_stats(out, result.prepared)
 
-    render_preview(out, result, show_ids=ids)
+
+@command
+def prepare(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt, no_cache: bool = NoCacheOpt) -> None:
+    """Encode the train (and eval) rows into the prepared-dataset cache that preview and train read."""
+    from sft_cli.loading import load_tokenizer
+    from sft_cli.prepared import prepare_split
+    from sft_cli.render import render_stats
+
+    loaded = _load(recipe, set_)
+    quiet_libraries()
+    tokenizer = load_tokenizer(loaded.recipe)
+    for split in ("train", "eval") if loaded.recipe.has_eval else ("train",):
+        prepared = prepare_split(loaded.recipe, tokenizer, split, cache=not no_cache, progress=row_progress(err))
+        render_stats(out, prepared)
+        where = "not kept (--no-cache)" if no_cache else str(prepared.folder)
+        out.print(f"{split}: {'reused' if prepared.cached else 'prepared'} {where}", highlight=False,
+                  soft_wrap=True)
+        if no_cache:
+            prepared.discard()
+
+
+def row_progress(console: Console):
+    """A progress line for encoding (rows done, time elapsed): the total is not known while rows stream."""
+    from rich.progress import Progress as Bar
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from sft_cli.prepared import Progress
+
+    state: dict = {}
+
+    def start(description: str) -> None:
+        bar = Bar(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} rows"),
+                  TimeElapsedColumn(), console=console, transient=True)
+        state["bar"], state["task"] = bar, bar.add_task(description, total=None)
+        bar.start()
+
+    def advance(rows: int) -> None:
+        state["bar"].advance(state["task"], rows)
+
+    def stop() -> None:
+        if "bar" in state:
+            state.pop("bar").stop()
+
+    return Progress(start, advance, stop)
 
 
 class ProgressReporter:
@@ -145,6 +198,9 @@ class ProgressReporter:
     def stop(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+    def encoding(self, split: str):
+        return row_progress(self.console)
 
 
 def quiet_libraries() -> None:
@@ -203,8 +259,9 @@ def train(
     accelerate_config: Optional[Path] = typer.Option(
         None, "--accelerate-config", help="accelerate config file (e.g. configs/accelerate/fsdp.yaml)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the transformers/TRL logs."),
+    no_cache: bool = NoCacheOpt,
 ) -> None:
-    """Fine-tune with TRL's SFTTrainer on exactly the tokens `sft preview` shows."""
+    """Fine-tune with TRL's SFTTrainer on exactly the tokens `sft preview` shows (prepared once, cached)."""
     loaded = _load(recipe, set_)  # a bad recipe fails here, before any model loads
     if num_processes > 1 or accelerate_config:
         launch_processes(num_processes, accelerate_config)
@@ -215,7 +272,7 @@ def train(
 
     is_main = distributed_state().is_main_process
     console = out if is_main else Console(file=open(os.devnull, "w"))
-    result = run_training(loaded, resume=resume, overwrite=overwrite, dry_run=dry_run,
+    result = run_training(loaded, resume=resume, overwrite=overwrite, dry_run=dry_run, no_cache=no_cache,
                           reporter=ProgressReporter(console), argv=["sft", *sys.argv[1:]])
     if not is_main:
         return

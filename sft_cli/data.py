@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import csv
+import itertools
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sft_cli.errors import DataError
 from sft_cli.recipe import CustomTemplate, Recipe
+from sft_cli.sources import count_records, iter_records
 
 FORMAT_FIELDS = {
     "alpaca": ("instruction", "input", "output"),
@@ -37,68 +38,8 @@ class Rows:
 
 
 def read_records(path: str, split: str = "train") -> list[dict]:
-    """Read raw records from a local file/folder, or from the hub (needs internet) when the path is no file."""
-    local = Path(path)
-    suffix = local.suffix.lower()
-    if local.is_file():
-        if suffix == ".jsonl":
-            return _read_jsonl(local)
-        if suffix == ".json":
-            return _read_json(local)
-        if suffix == ".csv":
-            with local.open(newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f))
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(local).to_pylist()
-        raise DataError(f"{path}: unsupported file type {suffix!r}", hint="use .jsonl .json .csv or .parquet")
-    if local.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(local))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise DataError(f"{path}: no split {split!r}", hint=f"splits: {', '.join(loaded)} (data.split)")
-            loaded = loaded[split]
-        return loaded.to_list()
-    if local.is_absolute() or path.startswith("."):
-        raise DataError(f"{path}: not found")
-    import datasets
-
-    try:
-        return datasets.load_dataset(path, split=split).to_list()
-    except Exception as exc:  # the hub raises many types; the user needs the reason, not the trace
-        raise DataError(f"{path}: cannot load from the Hugging Face hub: {exc}",
-                        hint="check the dataset id and your network, or point data.path at a local file") from None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {line_number}: invalid JSON: {exc.msg}") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path} line {line_number}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-    return records
-
-
-def _read_json(path: Path) -> list[dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} line {exc.lineno}: invalid JSON: {exc.msg}") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DataError(f"{path}: expected a list of objects (or {{\"data\": [...]}})")
-    return data
+    """Every record of a source, as a list: for small sources (eval files, `sft eval`'s task column)."""
+    return [record for _, record in iter_records(path, split)]
 
 
 def detect_format(record: dict, columns: dict[str, str], source: str) -> str:
@@ -223,37 +164,65 @@ def _tool_call(i: int, call: dict, parse_arguments) -> dict:
     return out
 
 
-def load_rows(recipe: Recipe, split: str = "train") -> Rows:
-    """Load the train or eval rows of a recipe, normalised; bad rows raise or are skipped by `on_bad_row`."""
+def source_of(recipe: Recipe, split: str) -> str:
+    """The data path a split reads."""
     data = recipe.data
     if split == "eval" and not recipe.has_eval:
         raise DataError("the recipe has no eval data", hint="set data.eval_path or data.eval_fraction")
-    path = data.eval_path if split == "eval" and data.eval_path else data.path
-    records = read_records(path, data.split)
-    if not records:
+    return data.eval_path if split == "eval" and data.eval_path else data.path
+
+
+def row_batches(recipe: Recipe, split: str = "train", size: int = 1000) -> Iterator[Rows]:
+    """The train or eval rows of a recipe, normalised, streamed in batches; bad rows raise (naming file and row)
+    or are skipped and counted (`data.on_bad_row: skip`)."""
+    data = recipe.data
+    path = source_of(recipe, split)
+    records = iter_records(path, data.split)
+    first = next(records, None)
+    if first is None:
         raise DataError(f"{path}: no rows")
-    fmt = data.format or detect_format(records[0], data.columns, path)
+    fmt = data.format or detect_format(first[1], data.columns, path)
     keep_extra = isinstance(recipe.template, CustomTemplate)
-    rows, skipped = [], []
-    for number, record in enumerate(records, 1):
+    chosen = _split_rows(recipe, path) if data.eval_fraction and not data.eval_path else None
+    wanted = data.limit if split == "train" else None
+    batch = Rows([], path, fmt)
+    kept = 0
+    for number, record in itertools.chain([first], records):
+        if chosen is not None and (number in chosen) != (split == "eval"):
+            continue
         try:
-            rows.append(Row(number, normalise(record, fmt, data.columns, keep_extra)))
+            batch.rows.append(Row(number, normalise(record, fmt, data.columns, keep_extra)))
+            kept += 1
         except ValueError as exc:
             if data.on_bad_row == "error":
                 raise DataError(f"{path} row {number}: {exc}",
                                 hint="fix the row, or set data.on_bad_row: skip to skip and count such rows") from None
-            skipped.append((number, str(exc)))
-    if data.eval_fraction and not data.eval_path:
-        rows = _split(rows, data.eval_fraction, recipe.training.seed, split)
-    if data.limit and split == "train":
-        rows = rows[: data.limit]
-    return Rows(rows, path, fmt, skipped)
+            batch.skipped.append((number, str(exc)))
+        if len(batch.rows) + len(batch.skipped) >= size:
+            yield batch
+            batch = Rows([], path, fmt)
+        if wanted and kept >= wanted:
+            break
+    if batch.rows or batch.skipped:
+        yield batch
 
 
-def _split(rows: list[Row], fraction: float, seed: int, split: str) -> list[Row]:
-    """A seeded split by row number, so train and eval never share a row and reruns agree."""
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(rows) * fraction))
-    chosen = set(order[:n_eval]) if split == "eval" else set(order[n_eval:])
-    return [row for i, row in enumerate(rows) if i in chosen]
+def load_rows(recipe: Recipe, split: str = "train") -> Rows:
+    """All rows of a split at once: for small data (eval files, tests). Large data goes through `row_batches`."""
+    merged = None
+    for batch in row_batches(recipe, split):
+        if merged is None:
+            merged = batch
+        else:
+            merged.rows += batch.rows
+            merged.skipped += batch.skipped
+    return merged
+
+
+def _split_rows(recipe: Recipe, path: str) -> set[int]:
+    """The record numbers held out for eval: a seeded sample of `eval_fraction`, so train and eval never share a
+    row and reruns agree."""
+    count = count_records(path, recipe.data.split)
+    order = list(range(1, count + 1))
+    random.Random(recipe.training.seed).shuffle(order)
+    return set(order[: max(1, round(count * recipe.data.eval_fraction))])

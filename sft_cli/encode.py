@@ -14,35 +14,16 @@ Row text that spells a control token (a literal `<|im_end|>`) is tokenized as pl
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 from sft_cli.data import Rows
 from sft_cli.errors import DataError
+from sft_cli.stats import Stats, Warning
 from sft_cli.recipe import Recipe
 from sft_cli.templates import Rendered, RenderOptions, Segment, extra_special_tokens, render, render_options
 from sft_cli.tokens import Piece, control_pattern, literal_ranges, tokenize_pieces
 
 IGNORE = -100
-WARNING_TEXT = {
-    "boundary_merge": "tokenizing the whole text would merge across the prompt/answer boundary; sft tokenizes "
-    "prompt and answer separately (the prompt exactly as at inference), so the answer starts on a fresh token",
-    "marker_in_context": "the response marker tokenizes differently inside the prompt than alone; masking is by "
-    "text position, so the mask is right, but a collator that searches for the marker's tokens would miss it",
-    "answer_leading_space": "the answer starts with whitespace: the model learns to emit it first",
-    "answer_trailing_space": "the answer ends with whitespace before the end token",
-    "prompt_trailing_space": "the prompt ends with a space or tab: the answer's first word is trained without "
-    "its usual leading space",
-    "special_token_in_text": "row text contains a special token's literal text; it is tokenized as plain text "
-    "(special_tokens_in_text: plain) or as the control token (control)",
-    "tool_calls_dropped": "the chat template does not write this turn's tool calls, so the turn trains without them",
-    "reasoning_dropped": "the chat template does not write this turn's reasoning, so it is not trained; a template "
-    "variable may switch it on (chat.template_kwargs, e.g. enable_thinking: true)",
-    "end_token_missing": "the trained tokens do not end with an end token (EOS / end of turn): generation won't stop",
-}
-
-
 @dataclass(frozen=True)
 class Encoded:
     """One training example: ids, labels (-100 = no loss), and where it came from."""
@@ -52,49 +33,6 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
-
-
-@dataclass
-class Warning:
-    kind: str
-    rows: list[int] = field(default_factory=list)
-    detail: str = ""
-
-    @property
-    def message(self) -> str:
-        return WARNING_TEXT[self.kind]
-
-
-@dataclass
-class Stats:
-    rows: int = 0
-    examples: int = 0
-    dropped: int = 0
-    truncated: int = 0
-    skipped: int = 0
-    split_turns: int = 0
-    trained_tokens: int = 0
-    total_tokens: int = 0
-    max_tokens: int = 0
-    max_length: int = 0
-    dropped_rows: list[int] = field(default_factory=list)
-    skipped_rows: list[tuple[int, str]] = field(default_factory=list)
-
-    @property
-    def mean_tokens(self) -> float:
-        return self.total_tokens / self.examples if self.examples else 0.0
-
-    @property
-    def trained_share(self) -> float:
-        return self.trained_tokens / self.total_tokens if self.total_tokens else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows, "examples": self.examples, "dropped": self.dropped, "truncated": self.truncated,
-            "skipped": self.skipped, "split_turns": self.split_turns, "trained_tokens": self.trained_tokens, "total_tokens": self.total_tokens,
-            "trained_share": round(self.trained_share, 4), "mean_tokens": round(self.mean_tokens, 1),
-            "max_tokens": self.max_tokens, "max_length": self.max_length,
-        }
 
 
 @dataclass
@@ -264,12 +202,14 @@ def encode_rows(rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True,
     results = tokenize_pieces(tokenizer, [p for row in layouts for layout in row for p in layout.pieces],
                               offsets=with_offsets)
     bos = _bos_prefix(tokenizer)
-    stats = Stats(rows=len(rows.rows) + len(rows.skipped), skipped=len(rows.skipped) + len(refused),
-                  max_length=recipe.max_length, skipped_rows=sorted([*rows.skipped, *refused]))
+    stats = Stats(rows=len(rows.rows) + len(rows.skipped), max_length=recipe.max_length)
+    for number, reason in sorted([*rows.skipped, *refused]):
+        stats.skip(number, reason)
     warnings: dict[str, Warning] = {}
     end_ids = set(tokenizer.convert_tokens_to_ids(list(options.stop_tokens)))
     examples: list[Encoded] = []
     merge_candidates: list[tuple[int, _Layout, list[int]]] = []
+    marker_ids: dict[str, list[int]] = {}
     k = 0
     for row, row_layouts in zip(rows.rows, layouts):
         queue = []
@@ -292,25 +232,22 @@ def encode_rows(rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True,
             stats.split_turns += layout.rendered.split
             if diagnose:
                 traps = list(_row_traps(layout.rendered, encoded.input_ids, encoded.labels, end_ids, tokenizer,
-                                        recipe, options))
+                                        recipe, options, marker_ids))
                 traps += [(note, "") for note in layout.rendered.notes]
                 for kind, detail in traps:
-                    warning = warnings.setdefault(kind, Warning(kind, detail=detail))
-                    if row.number not in warning.rows[-1:]:
-                        warning.rows.append(row.number)
+                    warnings.setdefault(kind, Warning(kind, detail=detail)).add(row.number)
                 if len(layout.answers) and not encoded.truncated:
                     merge_candidates.append((row.number, layout, ids[len(prefix):]))
     if diagnose:
         for number in _merge_check(merge_candidates, tokenizer):
-            warning = warnings.setdefault("boundary_merge", Warning("boundary_merge"))
-            if number not in warning.rows[-1:]:
-                warning.rows.append(number)
+            warnings.setdefault("boundary_merge", Warning("boundary_merge")).add(number)
     return EncodedSet(examples, stats, sorted(warnings.values(), key=lambda w: w.kind))
 
 
 def _apply_overflow(number, source, layout, ids, labels, removable, recipe, stats) -> Encoded | None:
     """The example as trained, after the overflow policy; None (and counted) when it is dropped."""
     truncated = False
+    stats.count_length(len(ids))
     if len(ids) > recipe.max_length:
         if recipe.on_overflow == "error":
             raise DataError(
@@ -320,13 +257,11 @@ def _apply_overflow(number, source, layout, ids, labels, removable, recipe, stat
         if recipe.on_overflow == "truncate_prompt":
             ids, labels, truncated = _truncate_prompt(ids, labels, removable, len(ids) - recipe.max_length)
         if len(ids) > recipe.max_length:
-            stats.dropped += 1
-            stats.dropped_rows.append(number)
+            stats.drop(number)
             return None
-    trained = sum(label != IGNORE for label in labels)
+    trained = len(labels) - labels.count(IGNORE)
     if trained == 0:
-        stats.dropped += 1
-        stats.dropped_rows.append(number)
+        stats.drop(number)
         return None
     stats.examples += 1
     stats.truncated += truncated
@@ -355,8 +290,9 @@ def _truncate_prompt(ids, labels, removable, excess):
     return [ids[i] for i in keep], [labels[i] for i in keep], True
 
 
-def _row_traps(rendered, ids, labels, end_ids, tokenizer, recipe, options):
-    """Per-example whitespace, boundary and control-token traps: yields (kind, detail)."""
+def _row_traps(rendered, ids, labels, end_ids, tokenizer, recipe, options, marker_ids: dict):
+    """Per-example whitespace, boundary and control-token traps: yields (kind, detail). `marker_ids` caches the
+    tokenization of response markers across rows."""
     segments = rendered.segments
     ends = options.stop_tokens
     # the row's own answer text (chat answers are template output, checked by the template's own rules)
@@ -374,19 +310,28 @@ def _row_traps(rendered, ids, labels, end_ids, tokenizer, recipe, options):
     if hit:
         yield "special_token_in_text", hit
     if recipe.loss == "masked":
-        trained = [t for t, label in zip(ids, labels) if label != IGNORE]
-        if trained and trained[-1] not in end_ids:
+        last = next((t for t, label in zip(reversed(ids), reversed(labels)) if label != IGNORE), None)
+        if last is not None and last not in end_ids:
             yield "end_token_missing", ""
     markers = [s.text.strip() for s in segments[:-1] if s.kind == "marker" and s.text.strip()]
     if markers and recipe.template != "chat":
-        marker_ids = tokenizer(markers[-1], add_special_tokens=False)["input_ids"]
-        if marker_ids and not _contains(ids, marker_ids):
+        if markers[-1] not in marker_ids:  # the same few markers on every row: tokenize each once
+            marker_ids[markers[-1]] = tokenizer(markers[-1], add_special_tokens=False)["input_ids"]
+        alone = marker_ids[markers[-1]]
+        if alone and not _contains(ids, alone):
             yield "marker_in_context", repr(markers[-1])
 
 
 def _contains(haystack: list[int], needle: list[int]) -> bool:
-    n = len(needle)
-    return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
+    n, start = len(needle), 0
+    while True:
+        try:
+            start = haystack.index(needle[0], start)
+        except ValueError:
+            return False
+        if haystack[start : start + n] == needle:
+            return True
+        start += 1
 
 
 def _merge_check(candidates, tokenizer) -> list[int]:

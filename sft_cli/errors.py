@@ -11,6 +11,10 @@ class SftError(Exception):
         self.message = message
         self.hint = hint
 
+    def __reduce__(self):
+        # raised in a worker process and re-raised in the main one: keep message, hint and the subclass's fields
+        return _restore, (type(self), self.__dict__)
+
 
 class RecipeError(SftError):
     """The recipe is invalid; `problems` lists every problem found, each already located."""
@@ -24,3 +28,10 @@ class RecipeError(SftError):
 
 class DataError(SftError):
     """A dataset file or row cannot be used."""
+
+
+def _restore(cls, state: dict) -> SftError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state["message"])
+    error.__dict__.update(state)
+    return error

@@ -66,6 +66,10 @@ class DataSection(Section):
     eval_fraction: float | None = Field(None, gt=0, lt=1, description="or: hold out this share of rows (seeded)")
     on_bad_row: Literal["error", "skip"] = Field("error", description="error | skip (and count) malformed rows")
     limit: int | None = Field(None, ge=1, description="use only the first N rows")
+    cache_dir: str | None = Field(
+        None, description="where prepared (encoded) datasets are cached; default $SFT_CACHE_DIR or ~/.cache/sft"
+    )
+    num_proc: int | None = Field(None, ge=1, description="processes that encode rows; default: one per core")
 
 
 class EarlyStopping(Section):
@@ -366,6 +370,8 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         update={
             "path": _resolve_local(base, recipe.data.path, DATA_SUFFIXES),
             "eval_path": _resolve_local(base, recipe.data.eval_path, DATA_SUFFIXES),
+            "cache_dir": str((base / Path(recipe.data.cache_dir).expanduser()).resolve()) if recipe.data.cache_dir
+            else None,
         }
     )
     model = recipe.model.model_copy(update={"name": _resolve_local(base, recipe.model.name, (".gguf",))})

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from sft_cli.preview import Preview, Token
+from sft_cli.preview import Token
 
 VISIBLE = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}
 TRAINED_STYLE, MASKED_STYLE, SPECIAL_STYLE = "bold green underline", "grey50", "magenta"
@@ -42,40 +43,58 @@ def token_text(tokens: list[Token], show_ids: bool) -> Text:
     return text
 
 
-def render_preview(console: Console, preview: Preview, show_ids: bool = False) -> None:
+def render_examples(console: Console, shown, show_ids: bool = False) -> None:
     console.print(
         Text.assemble("legend: ", ("⟦trained⟧", TRAINED_STYLE), " ", ("masked", MASKED_STYLE), " ",
                       ("<special>", SPECIAL_STYLE), "  · space  ↵ newline  → tab  | token boundary")
     )
-    for view in preview.shown:
+    for view in shown:
         e = view.example
         trained = sum(t.trained for t in view.tokens)
         flags = " · truncated" if e.truncated else ""
         console.rule(f"row {e.row} · {len(e.input_ids)} tokens · {trained} trained{flags}", align="left")
         console.print(token_text(view.tokens, show_ids), soft_wrap=True)
-    stats = preview.encoded.stats
-    table = Table(title=f"{preview.split} split", show_header=False, title_justify="left")
+
+
+def render_stats(console: Console, prepared) -> None:
+    """A prepared split's counts, length histogram, skipped rows and warnings."""
+    stats = prepared.stats
+    source = "cached" if prepared.cached else "encoded now"
+    table = Table(title=f"{prepared.split} split ({source})", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("rows", str(stats.rows))
-    table.add_row("examples kept", str(stats.examples))
+    table.add_row("rows", f"{stats.rows:,}")
+    table.add_row("examples kept", f"{stats.examples:,}")
     if stats.split_turns:
-        table.add_row("chat turns trained in their own example", str(stats.split_turns))
-    table.add_row("dropped (overflow / nothing trained)", str(stats.dropped))
-    table.add_row("truncated", str(stats.truncated))
-    table.add_row("skipped bad rows", str(stats.skipped))
+        table.add_row("chat turns trained in their own example", f"{stats.split_turns:,}")
+    table.add_row("dropped (overflow / nothing trained)", f"{stats.dropped:,}")
+    table.add_row("truncated", f"{stats.truncated:,}")
+    table.add_row("skipped bad rows", f"{stats.skipped:,}")
     table.add_row("tokens per example (mean / max / max_length)",
                   f"{stats.mean_tokens:.1f} / {stats.max_tokens} / {stats.max_length}")
-    table.add_row("trained tokens", f"{stats.trained_tokens} of {stats.total_tokens} ({stats.trained_share:.1%})")
+    table.add_row("trained tokens", f"{stats.trained_tokens:,} of {stats.total_tokens:,} ({stats.trained_share:.1%})")
     console.print(table)
+    render_histogram(console, stats.histogram())
     for number, reason in stats.skipped_rows[:5]:
-        console.print(f"[yellow]skipped[/] row {number}: {reason}", highlight=False)
-    for warning in preview.encoded.warnings:
-        more = len(warning.rows) - 5
-        rows = ", ".join(map(str, warning.rows[:5])) + (f" (+{more} more)" if more > 0 else "")
-        detail = f" [{warning.detail}]" if warning.detail else ""
+        console.print(f"[yellow]skipped[/] row {number}: {escape(reason)}", highlight=False)
+    for warning in prepared.warnings:
+        more = warning.count - min(5, len(warning.rows))
+        rows = ", ".join(map(str, warning.rows[:5])) + (f" (+{more:,} more)" if more > 0 else "")
+        detail = f" [{escape(warning.detail)}]" if warning.detail else ""
         console.print(f"[yellow]warning:[/] {warning.kind}: {warning.message}. rows {rows}{detail}", highlight=False,
                       soft_wrap=True)
+
+
+def render_histogram(console: Console, histogram: dict, width: int = 32) -> None:
+    """Examples per token length, against max_length, so max_length can be picked from the data."""
+    edges, counts = histogram["edges"], [*histogram["counts"], histogram["over_max_length"]]
+    labels = [f"{edges[k] + 1}-{edges[k + 1]}" for k in range(len(edges) - 1)] + [f"> {edges[-1]}"]
+    peak = max(counts) or 1
+    console.print("tokens per example (before on_overflow)", style="bold")
+    for label, count in zip(labels, counts):
+        bar = "█" * round(width * count / peak) if count else ""
+        style = "red" if label.startswith(">") and count else "cyan"
+        console.print(f"  {label:>11} [{style}]{bar:<{width}}[/] {count:,}", highlight=False)
 
 
 def render_plan(console: Console, plan) -> None:
@@ -84,6 +103,9 @@ def render_plan(console: Console, plan) -> None:
     table.add_column(style="bold")
     table.add_column()
     for key, value in plan.as_dict().items():
+        if key == "prepared":
+            value = ", ".join(f"{split} {'from the cache' if v['cached'] else 'encoded now'} ({v['folder']})"
+                              for split, v in value.items())
         shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
         table.add_row(key.replace("_", " "), shown)
     console.print(table)

@@ -62,7 +62,7 @@ def control_tokens(tokenizer) -> tuple[str, ...]:
     for token in tokenizer.added_tokens_decoder.values():
         if token.special or (token.content in literals and not token.content.isspace()):
             found.add(token.content)
-    return tuple(sorted((t for t in found if t), key=len, reverse=True))
+    return tuple(sorted((t for t in found if t), key=lambda t: (-len(t), t)))
 
 
 def _template_literals(template: str) -> str:

@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,12 @@ class Reporter:
     def update(self, step: int, metrics: dict[str, float]) -> None: ...
     def stop(self) -> None: ...
 
+    def encoding(self, split: str):
+        """Progress callbacks while a split is encoded (none here)."""
+        from sft_cli.prepared import Progress
+
+        return Progress()
+
 
 @dataclass
 class Plan:
@@ -55,6 +62,7 @@ class Plan:
     total_parameters: int = 0
     new_tokens: list[str] = field(default_factory=list)
     resume_from: str | None = None
+    prepared: dict = field(default_factory=dict)  # per split: fingerprint, whether the cache had it, folder
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -140,14 +148,25 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 # --- the run ------------------------------------------------------------------------------------------
 
 
-def to_dataset(examples):
-    import datasets
+def prepared_splits(recipe: Recipe, tokenizer, distributed, no_cache: bool, reporter: "Reporter"):
+    """The train (and eval) prepared datasets. The main process encodes (or finds the cache) first; the others
+    then read what it wrote, so a multi-process run encodes once. With `no_cache` the main process encodes into a
+    temporary folder that every rank reads and the main process removes at the end."""
+    from accelerate.utils import broadcast_object_list
 
-    return datasets.Dataset.from_dict({
-        "input_ids": [e.input_ids for e in examples],
-        "labels": [e.labels for e in examples],
-        "row": [e.row for e in examples],
-    })
+    from sft_cli.prepared import Progress, prepare_split
+
+    root = [tempfile.mkdtemp(prefix="sft-prepared-") if no_cache and distributed.is_main_process else None]
+    if distributed.num_processes > 1:
+        root = broadcast_object_list(root)
+    splits = ("train", "eval") if recipe.has_eval else ("train",)
+    prepared = {}
+    with distributed.main_process_first():
+        for split in splits:
+            progress = reporter.encoding(split) if distributed.is_main_process else Progress()
+            prepared[split] = prepare_split(recipe, tokenizer, split, cache=not no_cache, root=root[0],
+                                            progress=progress)
+    return prepared, root[0]
 
 
 def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool):
@@ -330,19 +349,22 @@ class Session:
     is_main: bool = True
     overwrite: bool = False
     reporter: Reporter = field(default_factory=Reporter)
+    temporary: str | None = None  # the prepared data's folder under --no-cache, removed when the run ends
+
+    def discard_temporary(self) -> None:
+        if self.temporary and self.is_main:
+            shutil.rmtree(self.temporary, ignore_errors=True)
 
 
 def prepare(
     loaded: LoadedRecipe, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
-    reporter: Reporter | None = None, stop_at_step: int | None = None,
+    reporter: Reporter | None = None, stop_at_step: int | None = None, no_cache: bool = False,
 ) -> Session:
     """Load and check everything that can fail before the first step; build the trainer unless dry_run.
     `stop_at_step` delivers a real Ctrl-C at that step (tests of interrupt and resume use it)."""
     import torch
     from accelerate.utils import broadcast_object_list
 
-    from sft_cli.data import load_rows
-    from sft_cli.encode import encode_rows
     from sft_cli.loading import load_model, load_tokenizer
     from sft_cli.templates import extra_special_tokens
 
@@ -361,21 +383,23 @@ def prepare(
     device, precision = pick_precision(recipe.training.precision)
     quant = quantization(recipe)
 
-    # the same rows and the same encode function as `sft preview`
+    # the same rows and the same encode function as `sft preview`, prepared once and cached
     tokenizer = load_tokenizer(recipe)
-    train_set = encode_rows(load_rows(recipe, "train"), tokenizer, recipe, diagnose=False)
-    eval_set = encode_rows(load_rows(recipe, "eval"), tokenizer, recipe, diagnose=False) if recipe.has_eval else None
-    if not train_set.examples:
+    prepared, temporary = prepared_splits(recipe, tokenizer, distributed, no_cache, reporter)
+    train_set, eval_set = prepared["train"], prepared.get("eval")
+    if not train_set.stats.examples:
         raise SftError("no training examples left after encoding",
                        hint="run `sft preview` to see why rows were dropped (max_length, on_overflow)")
     world = distributed.num_processes
     per_step = recipe.training.batch_size * recipe.training.gradient_accumulation_steps * world
-    steps = recipe.training.max_steps or max(1, int(-(-len(train_set.examples) // per_step) * recipe.training.epochs))
+    steps = recipe.training.max_steps or max(1, int(-(-train_set.stats.examples // per_step) * recipe.training.epochs))
     plan = Plan(
         run_dir=run_dir, device=device, precision=precision, world_size=world,
-        train_examples=len(train_set.examples), eval_examples=len(eval_set.examples) if eval_set else 0,
+        train_examples=train_set.stats.examples, eval_examples=eval_set.stats.examples if eval_set else 0,
         train_tokens=train_set.stats.total_tokens, trained_tokens=train_set.stats.trained_tokens, steps=steps,
         dropped=train_set.stats.dropped, truncated=train_set.stats.truncated, resume_from=resume_from,
+        prepared={split: {"fingerprint": p.fingerprint, "cached": p.cached, "folder": str(p.folder)}
+                  for split, p in prepared.items()},
     )
     # fp16 mixed precision keeps fp32 master weights; bf16 trains in bf16
     model = load_model(recipe.model, torch.bfloat16 if precision == "bf16" else torch.float32, quant, len(tokenizer))
@@ -385,8 +409,9 @@ def prepare(
     plan.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     plan.total_parameters = sum(p.numel() for p in model.parameters())
     session = Session(loaded, plan, tokenizer, is_main=distributed.is_main_process, overwrite=overwrite,
-                      reporter=reporter)
+                      reporter=reporter, temporary=temporary)
     if dry_run:
+        session.discard_temporary()
         return session
 
     from transformers import PrinterCallback
@@ -398,8 +423,8 @@ def prepare(
     session.trainer = SFTTrainer(
         model=model,
         args=sft_config(recipe, run_dir, precision, eval_set is not None),
-        train_dataset=to_dataset(train_set.examples),
-        eval_dataset=to_dataset(eval_set.examples) if eval_set else None,
+        train_dataset=train_set.dataset().remove_columns(["truncated"]),
+        eval_dataset=eval_set.dataset().remove_columns(["truncated"]) if eval_set else None,
         processing_class=tokenizer,
         data_collator=session.collator,
         callbacks=make_callbacks(recipe, run_dir, reporter, session.is_main, session.state),
@@ -424,6 +449,8 @@ def run(session: Session, argv: list[str] | None = None) -> RunResult:
     trainer.train(resume_from_checkpoint=plan.resume_from)
     wall = time.perf_counter() - started
     rows_by_rank = distributed_rows(session.collator.first_rows)
+    prepared_by_rank = gathered({split: "cache" if p["cached"] else "encoded"
+                                 for split, p in plan.prepared.items()})
 
     if session.state.get("interrupted"):
         stop_reason = "interrupted"
@@ -438,8 +465,10 @@ def run(session: Session, argv: list[str] | None = None) -> RunResult:
             command += f" --resume --set output.dir={run_dir}"
         result.resume_command = command
     if session.is_main:
-        finish(trainer, session.tokenizer, loaded, result, wall, session.state, rows_by_rank)
+        finish(trainer, session.tokenizer, loaded, result, wall, session.state,
+               {"first_batch_rows_by_rank": rows_by_rank, "prepared_by_rank": prepared_by_rank})
     distributed_state().wait_for_everyone()
+    session.discard_temporary()
     return result
 
 
@@ -453,12 +482,17 @@ def train(loaded: LoadedRecipe, *, argv: list[str] | None = None, **options) -> 
 
 def distributed_rows(first_rows: list[int] | None) -> list[list[int]]:
     """Each process's first-batch rows, gathered (a list of one when not distributed)."""
+    return gathered(first_rows or [])
+
+
+def gathered(value) -> list:
+    """`value` from every process, in rank order (a list of one when not distributed)."""
     from accelerate.utils import gather_object
 
-    return gather_object([first_rows or []])
+    return gather_object([value])
 
 
-def finish(trainer, tokenizer, loaded: LoadedRecipe, result: RunResult, wall: float, state: dict, rows_by_rank):
+def finish(trainer, tokenizer, loaded: LoadedRecipe, result: RunResult, wall: float, state: dict, by_rank: dict):
     """Save the final model atomically (aside, then moved in), the template, recipe, plot and run.json."""
     run_dir, recipe = result.run_dir, loaded.recipe
     if result.stop_reason != "interrupted":
@@ -485,7 +519,7 @@ def finish(trainer, tokenizer, loaded: LoadedRecipe, result: RunResult, wall: fl
         "wall_seconds": round(wall, 2),
         "tokens_seen": tokens,
         "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-        "first_batch_rows_by_rank": rows_by_rank,
+        **by_rank,
         "resume_command": result.resume_command,
         "versions": versions(),
         "recipe": recipe.model_dump(mode="json"),

@@ -21,6 +21,19 @@ def _require(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Prepared datasets go to a folder of this test session, not the user's cache (subprocesses inherit it)."""
+    folder = tmp_path_factory.mktemp("sft-cache")
+    previous = os.environ.get("SFT_CACHE_DIR")
+    os.environ["SFT_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("SFT_CACHE_DIR", None)
+    else:
+        os.environ["SFT_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_path() -> Path:
     return _require(TINY)

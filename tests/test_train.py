@@ -179,6 +179,8 @@ def test_two_processes_on_cpu(tmp_path, tiny_path):
     assert record["plan"]["world_size"] == 2
     first, second = record["first_batch_rows_by_rank"]
     assert first and second and not set(first) & set(second)
+    # rank 0 encoded the rows (main process first); rank 1 read what it wrote
+    assert record["prepared_by_rank"] == [{"train": "encoded"}, {"train": "cache"}]
     steps = [m["step"] for m in metrics(tmp_path / "run") if "loss" in m]
     assert steps == sorted(set(steps))  # one writer: no step logged twice
     assert result.stdout.count("completed") == 1
