@@ -3,7 +3,8 @@ to `sft preview`'s first example, and TRL's own SFTTrainer preprocessing of the 
 in one run. Rows are generated alpaca rows with long-tailed lengths.
 
 Each phase runs in its own process; peak memory is the summed RSS of that process and its children (sft's
-encoding workers), sampled every 0.1 s.
+encoding workers), sampled every 0.1 s: an upper bound, since pages forked workers share with the main process count
+once per process.
 
 Usage: python scripts/bench_prepare.py [--rows 1000000] [--model fixtures/smollm2-135m] [--dir DIR] [--skip-trl]
 """
