@@ -1,15 +1,27 @@
-"""Training throughput: `sft train` against a plain TRL SFTTrainer script on the same rows, run one after the
-other (each in its own process, for a clean peak-memory figure). Plain TRL runs twice: with TRL's defaults
-(bf16 where the hardware reports support, which on this CPU is the slow path) and with fp32 set by hand.
+"""Training throughput, side by side on the same rows and the same number of optimizer steps, each run in its own
+process (clean peak memory):
 
-Prints non-padding tokens/s, trained tokens, peak memory and the ratios.
-Usage: python scripts/bench_train.py [--model fixtures/tiny-llama] [--steps 20] [--batch 8] [--runs sft,trl-fp32]
+  sft          `sft train` with its defaults (padding-free batches, per-sequence attention, fp32 on CPU)
+  trl-default  a plain TRL SFTTrainer script with TRL's defaults (bf16, gradient checkpointing, padded batches)
+  trl-tuned    the same script tuned by hand: fp32 on CPU, no gradient checkpointing, TRL's padding_free
+  raw          a bare PyTorch loop (AdamW, no Trainer) over sft's own batches: the upper bound
+
+Every run counts, in a forward hook on the model, the real (non-padding) tokens, the trained tokens and the
+attention work of each training forward, so the figures mean the same for all. FLOPs = 6 x matmul parameters
+(all but the input embedding) x real tokens + 6 x layers x hidden x sum of squared sequence lengths (causal
+attention, forward and backward); "% peak" is against this machine's measured fp32 matmul rate (GPU: bf16).
+
+Data: `tasks` (the bundled data/tasks/train.jsonl) or `mixed` (generated alpaca rows, answers long-tailed from
+about 5 to 400 tokens), max_length 1024.
+Usage: python scripts/bench_train.py [--data mixed] [--model fixtures/smollm2-135m] [--steps 6] [--batch 8]
+       [--runs sft,trl-default,trl-tuned,raw]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import subprocess
 import sys
@@ -17,8 +29,152 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_prepare import TASKS, words  # noqa: E402  (the same long-tailed row generator)
+
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data" / "tasks" / "train.jsonl"
+MAX_LENGTH = 1024
+
+
+def rows_file(kind: str, folder: Path) -> Path:
+    if kind == "tasks":
+        return ROOT / "data" / "tasks" / "train.jsonl"
+    rng = random.Random(0)
+    path = folder / "mixed.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for _ in range(2000):
+            f.write(json.dumps({"instruction": f"{rng.choice(TASKS)} {words(rng, 6, 0.6, 1, 40)}",
+                                "input": words(rng, 12, 0.8, 1, 60) if rng.random() < 0.3 else "",
+                                "output": words(rng, 20, 1.0, 2, 150)}) + "\n")
+    return path
+
+
+class Counter:
+    """Forward pre-hook: real tokens, trained tokens and sum of squared sequence lengths of training forwards."""
+
+    def __init__(self):
+        self.tokens = self.trained = self.squares = 0
+
+    def __call__(self, module, args, kwargs):
+        if not module.training:
+            return
+        ids, labels = kwargs["input_ids"], kwargs.get("labels")
+        if "cu_seq_lens_q" in kwargs:
+            lengths = kwargs["cu_seq_lens_q"].diff().tolist()
+        elif "position_ids" in kwargs and kwargs.get("attention_mask") is None:  # TRL padding-free
+            starts = (kwargs["position_ids"][0] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
+            lengths = [b - a for a, b in zip(starts, starts[1:])]
+        else:
+            lengths = kwargs["attention_mask"].sum(1).tolist()
+        self.tokens += sum(lengths)
+        self.squares += sum(n * n for n in lengths)
+        if labels is not None:
+            self.trained += int((labels[..., 1:] != -100).sum())
+
+
+def matmul_parameters(model) -> int:
+    embedding = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    tied = model.get_output_embeddings().weight is embedding
+    return total - embedding.numel() + (embedding.numel() if tied else 0)
+
+
+def train_flops(model, counter: Counter) -> float:
+    config = model.config.get_text_config()
+    hidden = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    return 6 * matmul_parameters(model) * counter.tokens + 6 * config.num_hidden_layers * hidden * counter.squares
+
+
+def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path) -> Path:
+    import yaml
+
+    recipe = {"model": {"name": model}, "data": {"path": str(data)}, "max_length": MAX_LENGTH,
+              "training": {"max_steps": steps, "batch_size": batch, "logging_steps": 1, "save_steps": 10_000,
+                           "warmup_ratio": 0.0},
+              "output": {"dir": str(out / "run")}}
+    path = out / "bench.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_sft(data, model, steps, batch, out, counter) -> tuple:
+    from sft_cli.recipe import load_recipe
+    from sft_cli.train import prepare
+
+    session = prepare(load_recipe(sft_recipe(data, model, steps, batch, out)), no_cache=True)
+    trainer = session.trainer
+    trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start, trainer.model, session.plan.precision
+
+
+def run_trl(data, model_name, steps, batch, out, counter, tuned: bool) -> tuple:
+    """What a user writes with TRL alone: prompt/completion rows, SFTTrainer, SFTConfig (defaults, or tuned)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from sft_cli.templates import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    dataset = datasets.Dataset.from_dict({
+        "prompt": [render_prompt("alpaca", r, tokenizer).text for r in rows],
+        "completion": [r["output"] + tokenizer.eos_token for r in rows],
+    })
+    options = {"use_cpu": True} if not torch.cuda.is_available() else {}  # TRL's bf16 default refuses a CPU without
+    if tuned:
+        options |= {"activation_checkpointing": False, "padding_free": True, "max_length": None}
+        if not torch.cuda.is_available():
+            options |= {"bf16": False}
+    args = SFTConfig(output_dir=str(out / "trl"), max_steps=steps, per_device_train_batch_size=batch,
+                     report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
+                     **({"max_length": MAX_LENGTH} | options))
+    model = AutoModelForCausalLM.from_pretrained(model_name, dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start, trainer.model, "bf16" if args.bf16 else "fp32"
+
+
+def run_raw(data, model_name, steps, batch, out, counter) -> tuple:
+    """The upper bound: sft's batches and attention, a bare AdamW loop, nothing else."""
+    import torch
+
+    from sft_cli.attention import use_sequence_attention
+    from sft_cli.batching import Collator
+    from sft_cli.loading import load_model, load_tokenizer
+    from sft_cli.prepared import prepare_split
+    from sft_cli.recipe import load_recipe
+
+    recipe = load_recipe(sft_recipe(data, model_name, steps, batch, out)).recipe
+    tokenizer = load_tokenizer(recipe)
+    dataset = prepare_split(recipe, tokenizer, "train", cache=False).dataset()
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = load_model(recipe.model, dtype, None, len(tokenizer))
+    use_sequence_attention(model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).train()
+    model.register_forward_pre_hook(counter, with_kwargs=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate)
+    collate = Collator(tokenizer.pad_token_id, padding_free=True)
+    order = list(range(len(dataset)))
+    random.Random(0).shuffle(order)
+    start = time.perf_counter()
+    for step in range(steps):
+        batch_rows = dataset.select(order[step * batch:(step + 1) * batch])
+        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(list(batch_rows)).items()}
+        loss = model(**inputs, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, model, "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def peak_memory_mb() -> float:
@@ -29,94 +185,79 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_sft(model: str, steps: int, batch: int, out: Path) -> dict:
-    import yaml
-
-    from sft_cli.recipe import load_recipe
-    from sft_cli.train import train
-
-    recipe = {"model": {"name": model}, "data": {"path": str(DATA)}, "max_length": 256,
-              "training": {"max_steps": steps, "batch_size": batch, "logging_steps": 1, "save_steps": 10_000},
-              "output": {"dir": str(out / "run")}}
-    path = out / "bench.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    result = train(load_recipe(path))
-    record = json.loads((result.run_dir / "run.json").read_text())
-    seconds = record["tokens_seen"] / record["tokens_per_s"]
-    return {"precision": record["plan"]["precision"], "tokens": record["tokens_seen"], "seconds": seconds,
-            "trained_tokens_per_example": record["plan"]["trained_tokens"] / record["plan"]["train_examples"]}
-
-
-def run_trl(model: str, steps: int, batch: int, out: Path, fp32: bool) -> dict:
-    """What a user writes with TRL alone: prompt/completion rows, SFTTrainer, SFTConfig defaults."""
-    import datasets
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    from sft_cli.templates import render_prompt
-
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()]
-    dataset = datasets.Dataset.from_dict({
-        "prompt": [render_prompt("alpaca", r, tokenizer).text for r in rows],
-        "completion": [r["output"] + tokenizer.eos_token for r in rows],
-    })
+def peak_flops() -> float:
+    """This machine's dense matmul rate: fp32 on CPU, bf16 on a GPU (measured, not a datasheet figure)."""
     import torch
 
-    precision = {"bf16": False, "fp16": False} if fp32 else {}
-    if not torch.cuda.is_available():
-        precision["use_cpu"] = True  # TRL's bf16 default refuses a CPU without it
-    args = SFTConfig(output_dir=str(out / "trl"), max_steps=steps, per_device_train_batch_size=batch, max_length=256,
-                     report_to=[], save_strategy="no", logging_steps=1, include_num_input_tokens_seen="non_padding",
-                     disable_tqdm=True, **precision)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    return {"precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-            "tokens": trainer.state.num_input_tokens_seen, "seconds": seconds}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    n = 8192 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / 4)
+    return 2 * n**3 / best
 
 
-def worker(kind: str, model: str, steps: int, batch: int) -> None:
+def worker(kind: str, data: Path, model: str, steps: int, batch: int) -> None:
     import warnings
 
     import transformers
 
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
+    counter = Counter()
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "sft":
-            result = run_sft(model, steps, batch, Path(tmp))
+            seconds, trained_model, precision = run_sft(data, model, steps, batch, Path(tmp), counter)
+        elif kind == "raw":
+            seconds, trained_model, precision = run_raw(data, model, steps, batch, Path(tmp), counter)
         else:
-            result = run_trl(model, steps, batch, Path(tmp), fp32=kind == "trl-fp32")
-    result["peak_mb"] = peak_memory_mb()
-    print("RESULT " + json.dumps(result))
+            seconds, trained_model, precision = run_trl(data, model, steps, batch, Path(tmp), counter,
+                                                        tuned=kind == "trl-tuned")
+    print("RESULT " + json.dumps({
+        "precision": precision, "seconds": seconds, "tokens": counter.tokens, "trained": counter.trained,
+        "flops": train_flops(trained_model, counter), "peak_mb": peak_memory_mb()}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "fixtures" / "tiny-llama"))
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--data", choices=["tasks", "mixed"], default="mixed")
+    parser.add_argument("--model", default=str(ROOT / "fixtures" / "smollm2-135m"))
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--runs", default="sft,trl-default,trl-fp32",
-                        help="which runs, comma-separated (sft is always the reference)")
+    parser.add_argument("--runs", default="sft,trl-default,trl-tuned,raw", help="comma-separated; sft always runs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.model, args.steps, args.batch)
+        return worker(args.worker, Path(args.rows), args.model, args.steps, args.batch)
+    peak = peak_flops()
     results = {}
-    for kind in dict.fromkeys(["sft", *args.runs.split(",")]):
-        done = subprocess.run([sys.executable, __file__, "--worker", kind, "--model", args.model,
-                               "--steps", str(args.steps), "--batch", str(args.batch)],
-                              capture_output=True, text=True, check=True)
-        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-        results[kind] = json.loads(line.removeprefix("RESULT "))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = rows_file(args.data, Path(tmp))
+        for kind in dict.fromkeys(["sft", *args.runs.split(",")]):
+            done = subprocess.run([sys.executable, __file__, "--worker", kind, "--rows", str(data), "--model",
+                                   args.model, "--steps", str(args.steps), "--batch", str(args.batch)],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"{kind} failed:\n{done.stderr[-3000:]}")
+            line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+            results[kind] = json.loads(line.removeprefix("RESULT "))
+    print(f"data {args.data}, model {Path(args.model).name}, {args.steps} steps of {args.batch} rows, "
+          f"max_length {MAX_LENGTH}; matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"{'run':12s} {'prec':5s} {'tokens/s':>9s} {'trained/s':>9s} {'tokens':>7s} {'% peak':>7s} "
+          f"{'peak MB':>8s}  sft vs this")
     base = results["sft"]["tokens"] / results["sft"]["seconds"]
-    print(f"model {Path(args.model).name}, {args.steps} steps, batch {args.batch}, max_length 256")
-    print(f"{'run':12s} {'precision':9s} {'tokens/s':>9s} {'tokens':>8s} {'peak MB':>8s}  sft vs this")
     for kind, r in results.items():
         rate = r["tokens"] / r["seconds"]
-        print(f"{kind:12s} {r['precision']:9s} {rate:9.0f} {r['tokens']:8d} {r['peak_mb']:8.0f}  {base / rate:.2f}x")
+        print(f"{kind:12s} {r['precision']:5s} {rate:9.1f} {r['trained'] / r['seconds']:9.1f} {r['tokens']:7d} "
+              f"{100 * r['flops'] / r['seconds'] / peak:6.1f}% {r['peak_mb']:8.0f}  {base / rate:.2f}x")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,13 @@ class TrainingSection(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU"
     )
-    gradient_checkpointing: bool = Field(False, description="trade compute for memory")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, slower steps")
+    padding_free: bool = Field(
+        True, description="concatenate a batch's examples without padding; attention stays inside each example"
+    )
+    packing: bool = Field(
+        False, description="pack short examples into bins of max_length tokens (never split); batch_size counts bins"
+    )
 
 
 class ChatSection(Section):
@@ -167,6 +173,8 @@ class Recipe(Section):
         if data.eval_path and data.eval_fraction:
             problems.append("data: give eval_path or eval_fraction, not both")
         has_eval = bool(data.eval_path or data.eval_fraction)
+        if training.packing and not training.padding_free:
+            problems.append("training.packing needs training.padding_free: true (bins are padding-free rows)")
         if training.early_stopping and not has_eval:
             problems.append("training.early_stopping needs eval data: set data.eval_path or data.eval_fraction")
         if training.early_stopping and training.save_steps and training.eval_steps:

@@ -106,6 +106,11 @@ def render_plan(console: Console, plan) -> None:
         if key == "prepared":
             value = ", ".join(f"{split} {'from the cache' if v['cached'] else 'encoded now'} ({v['folder']})"
                               for split, v in value.items())
+        if key == "batching":
+            value = (f"{value['layout']}, {value['tokens_per_step']:,.0f} tokens and {value['examples_per_step']:g} "
+                     f"examples per step and process, padding {value['padding_share']:.1%}"
+                     + (f", packing efficiency {value['packing_efficiency']:.1%}"
+                        if value["packing_efficiency"] is not None else ""))
         shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
         table.add_row(key.replace("_", " "), shown)
     console.print(table)

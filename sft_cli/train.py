@@ -1,31 +1,27 @@
 """`sft train`: recipe -> encoded dataset -> TRL SFTTrainer (+PEFT, +Accelerate) -> a complete run folder.
 
 Read top to bottom: `prepare` (everything that can fail fails before the first step), `run` (the training),
-`finish` (atomic final save, metrics, plot, run.json). The dataset handed to TRL is the output of `encode_rows`, the
+then `run_folder.finish` (atomic final save, metrics, plot, run.json). Batches come from `batching.py`
+(padding-free by default) with the attention of `attention.py`. The dataset handed to TRL is the output of `encode_rows`, the
 function `sft preview` shows; TRL is told to skip its own preparation, so it neither re-tokenizes nor re-masks.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sft_cli.attention import restore_attention, use_sequence_attention
+from sft_cli.batching import Collator, bins_dataset, plan_batches, sequence_lengths
+from sft_cli.callbacks import make_callbacks
 from sft_cli.errors import SftError
-from sft_cli.generate import TEMPLATE_FILE
 from sft_cli.recipe import LoadedRecipe, Recipe
+from sft_cli.run_folder import CHECKPOINTS, choose_run_dir, finish
 from sft_cli.trainer_fields import check_trainer_args
-
-RUN_FILE, METRICS_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "loss.png"
-RECIPE_FILE, CHECKPOINTS = "recipe.yaml", "checkpoints"
 
 
 class Reporter:
@@ -62,6 +58,8 @@ class Plan:
     total_parameters: int = 0
     new_tokens: list[str] = field(default_factory=list)
     resume_from: str | None = None
+    batching: dict = field(default_factory=dict)  # layout, tokens per step, padding share, packing efficiency
+    attention: str = ""  # the attention implementation training runs with
     prepared: dict = field(default_factory=dict)  # per split: fingerprint, whether the cache had it, folder
 
     def as_dict(self) -> dict[str, Any]:
@@ -108,43 +106,6 @@ def trainer_arg_names() -> set[str]:
     return {f.name for f in dataclasses.fields(SFTConfig)}
 
 
-def default_run_dir(loaded: LoadedRecipe) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{loaded.name}-{stamp}"
-
-
-def latest_run_dir(loaded: LoadedRecipe) -> Path | None:
-    runs = sorted(Path("runs").glob(f"{loaded.name}-*")) if Path("runs").is_dir() else []
-    return runs[-1] if runs else None
-
-
-def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple[Path, str | None]:
-    """The run folder and the checkpoint to resume from; an existing run is never replaced silently."""
-    recipe = loaded.recipe
-    run_dir = Path(recipe.output.dir) if recipe.output.dir else None
-    if resume:
-        run_dir = run_dir or latest_run_dir(loaded)
-        if run_dir is None or not run_dir.is_dir():
-            raise SftError(f"--resume: no run to resume for {loaded.path.name}",
-                           hint="set output.dir to the run folder, e.g. --set output.dir=runs/NAME")
-        checkpoint = last_checkpoint(run_dir)
-        if checkpoint is None:
-            raise SftError(f"--resume: {run_dir} has no checkpoint", hint="start afresh with --overwrite")
-        return run_dir, str(checkpoint)
-    run_dir = run_dir or default_run_dir(loaded)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise SftError(f"{run_dir} already holds a run",
-                           hint="--resume continues it from its last checkpoint; --overwrite replaces it")
-    return run_dir, None
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted((run_dir / CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    complete = [c for c in checkpoints if (c / "trainer_state.json").exists()]
-    return complete[-1] if complete else None
-
-
 # --- the run ------------------------------------------------------------------------------------------
 
 
@@ -169,7 +130,16 @@ def prepared_splits(recipe: Recipe, tokenizer, distributed, no_cache: bool, repo
     return prepared, root[0]
 
 
-def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool):
+def layout(recipe: Recipe) -> str:
+    """packed | padding_free | padded, from the recipe's two switches."""
+    t = recipe.training
+    return "packed" if t.packing else "padding_free" if t.padding_free else "padded"
+
+
+def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool, padding_free: bool):
+    """TRL's arguments, every recipe field passed explicitly (TRL's own defaults differ from transformers': e.g.
+    gradient checkpointing on, bf16 on; none of them may decide silently; tests/test_train_config.py checks every
+    field)."""
     from trl import SFTConfig
 
     t = recipe.training
@@ -202,89 +172,16 @@ def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool):
         use_cpu=no_gpu(),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        activation_checkpointing=t.gradient_checkpointing,  # TRL would default to True
         disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
+        # padding-free batches have no padding; the pad id may be a real token (EOS) that "non_padding" would miss
+        include_num_input_tokens_seen="all" if padding_free else "non_padding",
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         max_length=None,
     )
-    if t.gradient_checkpointing:
-        args["activation_checkpointing"] = True
     args.update(recipe.trainer_args)  # expert options win; checked against SFTConfig's fields already
     return SFTConfig(**args)
-
-
-class RowCollator:
-    """TRL's collator, after taking the `row` column off each example and noting the rows of the first batch
-    (run.json shows which rows each process got first, so distributed runs can be checked)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.first_rows: list[int] | None = None
-
-    def __call__(self, examples):
-        rows = [e.pop("row") for e in examples]
-        if self.first_rows is None:
-            self.first_rows = rows
-        return self.inner(examples)
-
-
-def make_callbacks(recipe: Recipe, run_dir: Path, reporter: Reporter, is_main: bool, state: dict):
-    from transformers import EarlyStoppingCallback, TrainerCallback
-
-    class Monitor(TrainerCallback):
-        """Writes metrics.jsonl, drives the progress view, and turns Ctrl-C into save-and-stop."""
-
-        def __init__(self):
-            self.start_time = time.perf_counter()
-            self.previous: signal.Handlers | None = None
-
-        def on_train_begin(self, args, st, control, **kwargs):
-            self.start_time = time.perf_counter()
-            self.start_tokens = st.num_input_tokens_seen
-            self.previous = signal.signal(signal.SIGINT, self._interrupt)
-            if is_main:
-                reporter.start(st.max_steps)
-
-        def _interrupt(self, signum, frame):
-            if state.get("interrupted"):  # second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            state["interrupted"] = True
-            if is_main:
-                reporter.note("interrupt: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
-
-        def on_step_end(self, args, st, control, **kwargs):
-            if state.get("stop_at_step") == st.global_step:
-                os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during this step
-            if state.get("interrupted"):
-                control.should_save = True
-                control.should_training_stop = True
-
-        def on_log(self, args, st, control, logs=None, **kwargs):
-            if not is_main or not logs:
-                return
-            elapsed = time.perf_counter() - self.start_time
-            tokens = st.num_input_tokens_seen - self.start_tokens
-            record = {"step": st.global_step, "epoch": round(st.epoch or 0, 4), **logs}
-            if "loss" in logs:
-                record["tokens_per_s"] = round(tokens / elapsed, 1) if elapsed > 0 else None
-            with (run_dir / METRICS_FILE).open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            reporter.update(st.global_step, record)
-
-        def on_train_end(self, args, st, control, **kwargs):
-            if self.previous is not None:
-                signal.signal(signal.SIGINT, self.previous)
-            state["train_seconds"] = time.perf_counter() - self.start_time
-            state["tokens_seen"] = st.num_input_tokens_seen - self.start_tokens
-            if is_main:
-                reporter.stop()
-
-    callbacks = [Monitor()]
-    early = recipe.training.early_stopping
-    if early:
-        callbacks.append(EarlyStoppingCallback(early.patience, early.threshold))
-    return callbacks
 
 
 def lora_model(model, recipe: Recipe, new_token_ids: list[int]):
@@ -350,6 +247,7 @@ class Session:
     overwrite: bool = False
     reporter: Reporter = field(default_factory=Reporter)
     temporary: str | None = None  # the prepared data's folder under --no-cache, removed when the run ends
+    loaded_attention: str | None = None  # restored before saving: a saved model must not need sft's attention
 
     def discard_temporary(self) -> None:
         if self.temporary and self.is_main:
@@ -391,8 +289,11 @@ def prepare(
         raise SftError("no training examples left after encoding",
                        hint="run `sft preview` to see why rows were dropped (max_length, on_overflow)")
     world = distributed.num_processes
-    per_step = recipe.training.batch_size * recipe.training.gradient_accumulation_steps * world
-    steps = recipe.training.max_steps or max(1, int(-(-train_set.stats.examples // per_step) * recipe.training.epochs))
+    t = recipe.training
+    batch_plan, bins = plan_batches(sequence_lengths(train_set.dataset()), t.batch_size,
+                                    t.gradient_accumulation_steps, layout(recipe), recipe.max_length, t.seed)
+    per_step = t.batch_size * t.gradient_accumulation_steps * world
+    steps = t.max_steps or max(1, int(-(-batch_plan.items // per_step) * t.epochs))
     plan = Plan(
         run_dir=run_dir, device=device, precision=precision, world_size=world,
         train_examples=train_set.stats.examples, eval_examples=eval_set.stats.examples if eval_set else 0,
@@ -400,30 +301,34 @@ def prepare(
         dropped=train_set.stats.dropped, truncated=train_set.stats.truncated, resume_from=resume_from,
         prepared={split: {"fingerprint": p.fingerprint, "cached": p.cached, "folder": str(p.folder)}
                   for split, p in prepared.items()},
+        batching=batch_plan.__dict__,
     )
     # fp16 mixed precision keeps fp32 master weights; bf16 trains in bf16
     model = load_model(recipe.model, torch.bfloat16 if precision == "bf16" else torch.float32, quant, len(tokenizer))
+    loaded_attention = model.config._attn_implementation
+    plan.attention = use_sequence_attention(model) if t.padding_free else loaded_attention
     plan.new_tokens = extra_special_tokens(recipe.template)
     if recipe.lora:
         model = lora_model(model, recipe, tokenizer.convert_tokens_to_ids(plan.new_tokens))
     plan.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     plan.total_parameters = sum(p.numel() for p in model.parameters())
     session = Session(loaded, plan, tokenizer, is_main=distributed.is_main_process, overwrite=overwrite,
-                      reporter=reporter, temporary=temporary)
+                      reporter=reporter, temporary=temporary, loaded_attention=loaded_attention)
     if dry_run:
         session.discard_temporary()
         return session
 
     from transformers import PrinterCallback
-    from trl import SFTTrainer
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from sft_cli.trainer import SftTrainer
 
     session.state = {"stop_at_step": stop_at_step}
-    session.collator = RowCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id))
-    session.trainer = SFTTrainer(
-        model=model,
-        args=sft_config(recipe, run_dir, precision, eval_set is not None),
-        train_dataset=train_set.dataset().remove_columns(["truncated"]),
+    train_rows = train_set.dataset().remove_columns(["truncated"])
+    session.collator = Collator(tokenizer.pad_token_id, padding_free=t.padding_free, source=train_rows)
+    session.trainer = SftTrainer(
+        model=model, fused_loss=not no_gpu(),
+        args=sft_config(recipe, run_dir, precision, eval_set is not None, t.padding_free),
+        train_dataset=bins_dataset(bins) if bins is not None else train_rows,
         eval_dataset=eval_set.dataset().remove_columns(["truncated"]) if eval_set else None,
         processing_class=tokenizer,
         data_collator=session.collator,
@@ -464,6 +369,7 @@ def run(session: Session, argv: list[str] | None = None) -> RunResult:
         if "--resume" not in command:
             command += f" --resume --set output.dir={run_dir}"
         result.resume_command = command
+    restore_attention(trainer.model, session.loaded_attention)
     if session.is_main:
         finish(trainer, session.tokenizer, loaded, result, wall, session.state,
                {"first_batch_rows_by_rank": rows_by_rank, "prepared_by_rank": prepared_by_rank})
@@ -492,91 +398,3 @@ def gathered(value) -> list:
     return gather_object([value])
 
 
-def finish(trainer, tokenizer, loaded: LoadedRecipe, result: RunResult, wall: float, state: dict, by_rank: dict):
-    """Save the final model atomically (aside, then moved in), the template, recipe, plot and run.json."""
-    run_dir, recipe = result.run_dir, loaded.recipe
-    if result.stop_reason != "interrupted":
-        aside = run_dir / ".final.partial"
-        shutil.rmtree(aside, ignore_errors=True)
-        trainer.model.save_pretrained(aside)
-        tokenizer.save_pretrained(aside)
-        save_template(aside, recipe, tokenizer)
-        for item in aside.iterdir():
-            target = run_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        aside.rmdir()
-    (run_dir / RECIPE_FILE).write_text(resolved_recipe_yaml(recipe), encoding="utf-8")
-    plot_losses(run_dir / METRICS_FILE, run_dir / PLOT_FILE)
-    seconds = state.get("train_seconds") or wall
-    tokens = state.get("tokens_seen", 0)
-    record = {
-        "stop_reason": result.stop_reason,
-        "plan": result.plan.as_dict(),
-        "global_step": trainer.state.global_step,
-        "best_metric": trainer.state.best_metric,
-        "wall_seconds": round(wall, 2),
-        "tokens_seen": tokens,
-        "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-        **by_rank,
-        "resume_command": result.resume_command,
-        "versions": versions(),
-        "recipe": recipe.model_dump(mode="json"),
-    }
-    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-
-
-def save_template(folder: Path, recipe: Recipe, tokenizer) -> None:
-    """The template, masking and chat choices and the stop tokens, so generation renders prompts exactly as
-    training did and stops where training taught it to."""
-    from sft_cli.tokens import stop_tokens
-
-    template = recipe.template if isinstance(recipe.template, str) else recipe.template.model_dump()
-    data = {"template": template, "loss": recipe.loss, "loss_turns": recipe.loss_turns,
-            "max_length": recipe.max_length, "chat": recipe.chat.model_dump(),
-            "special_tokens_in_text": recipe.special_tokens_in_text, "stop_tokens": list(stop_tokens(tokenizer)),
-            "base_model": recipe.model.model_dump(), "lora": bool(recipe.lora)}
-    (folder / TEMPLATE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
-
-
-def resolved_recipe_yaml(recipe: Recipe) -> str:
-    import yaml
-
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("sft-cli", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def plot_losses(metrics: Path, target: Path) -> None:
-    if not metrics.exists():
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for points, label in ((train, "train loss"), (evals, "eval loss")):
-        if points:
-            ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(target, dpi=100)
-    plt.close(fig)

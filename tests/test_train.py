@@ -64,19 +64,17 @@ def test_trainer_batches_carry_preview_labels_and_loss_covers_exactly_them(tmp_p
     expected = {e["index"]: e["labels"] for e in json.loads(preview.stdout)["examples"]}
     session = prepare(load_recipe(path))
     trainer = session.trainer
-    batch = next(iter(trainer.get_train_dataloader()))
-    rows = session.collator.first_rows
-    for row, labels, mask in zip(rows, batch["labels"].tolist(), batch["attention_mask"].tolist()):
-        assert labels[: sum(mask)] == expected[row]  # the very labels preview printed
-        assert all(label == IGNORE for label in labels[sum(mask):])  # padding never trained
-    if loss == "unmasked":
-        assert all(lab == tok for lab, tok, m in zip(batch["labels"].flatten().tolist(),
-                                                    batch["input_ids"].flatten().tolist(),
-                                                    batch["attention_mask"].flatten().tolist()) if m)
+    batch = next(iter(trainer.get_train_dataloader()))  # padding-free: one row, sequences one after the other
+    bounds = batch["cu_seq_lens_q"].tolist()
+    labels, ids = batch["labels"][0].tolist(), batch["input_ids"][0].tolist()
+    for row, start, end in zip(session.collator.first_rows, bounds, bounds[1:]):
+        # the very labels preview printed; the first is never trained (nothing before it predicts it)
+        assert labels[start + 1:end] == expected[row][1:] and labels[start] == IGNORE
+        if loss == "unmasked":
+            assert labels[start + 1:end] == ids[start + 1:end]
     model = trainer.model.eval()
     with torch.no_grad():
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        logits = model(**inputs).logits
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         reported = trainer.compute_loss(model, dict(batch))
     shifted = batch["labels"][:, 1:]
     token_losses = torch.nn.functional.cross_entropy(
@@ -85,7 +83,7 @@ def test_trainer_batches_carry_preview_labels_and_loss_covers_exactly_them(tmp_p
     independent = token_losses[trained].mean()
     assert torch.allclose(reported, independent, atol=1e-5)
     if loss == "masked":  # answer tokens only: fewer than all real tokens
-        assert trained.sum() < batch["attention_mask"][:, 1:].sum()
+        assert trained.sum() < len(ids) - len(bounds)
 
 
 def test_early_stopping_stops_when_eval_loss_rises(tmp_path, tiny_path):

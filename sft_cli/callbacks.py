@@ -1,0 +1,76 @@
+"""Trainer callbacks: metrics.jsonl and the progress view, Ctrl-C as save-and-stop, early stopping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sft_cli.recipe import Recipe
+from sft_cli.run_folder import METRICS_FILE
+
+if TYPE_CHECKING:
+    from sft_cli.train import Reporter
+
+
+def make_callbacks(recipe: Recipe, run_dir: Path, reporter: "Reporter", is_main: bool, state: dict):
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    class Monitor(TrainerCallback):
+        """Writes metrics.jsonl, drives the progress view, and turns Ctrl-C into save-and-stop."""
+
+        def __init__(self):
+            self.start_time = time.perf_counter()
+            self.previous: signal.Handlers | None = None
+
+        def on_train_begin(self, args, st, control, **kwargs):
+            self.start_time = time.perf_counter()
+            self.start_tokens = st.num_input_tokens_seen
+            self.previous = signal.signal(signal.SIGINT, self._interrupt)
+            if is_main:
+                reporter.start(st.max_steps)
+
+        def _interrupt(self, signum, frame):
+            if state.get("interrupted"):  # second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            state["interrupted"] = True
+            if is_main:
+                reporter.note("interrupt: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
+
+        def on_step_end(self, args, st, control, **kwargs):
+            if state.get("stop_at_step") == st.global_step:
+                os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during this step
+            if state.get("interrupted"):
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_log(self, args, st, control, logs=None, **kwargs):
+            if not is_main or not logs:
+                return
+            elapsed = time.perf_counter() - self.start_time
+            tokens = st.num_input_tokens_seen - self.start_tokens
+            record = {"step": st.global_step, "epoch": round(st.epoch or 0, 4), **logs}
+            if "loss" in logs:
+                record["tokens_per_s"] = round(tokens / elapsed, 1) if elapsed > 0 else None
+            with (run_dir / METRICS_FILE).open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            reporter.update(st.global_step, record)
+
+        def on_train_end(self, args, st, control, **kwargs):
+            if self.previous is not None:
+                signal.signal(signal.SIGINT, self.previous)
+            state["train_seconds"] = time.perf_counter() - self.start_time
+            state["tokens_seen"] = st.num_input_tokens_seen - self.start_tokens
+            if is_main:
+                reporter.stop()
+
+    callbacks = [Monitor()]
+    early = recipe.training.early_stopping
+    if early:
+        callbacks.append(EarlyStoppingCallback(early.patience, early.threshold))
+    return callbacks
+
+

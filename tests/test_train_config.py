@@ -1,0 +1,66 @@
+"""Every recipe training field reaches the trainer: no TRL default (gradient checkpointing on, bf16 on) decides
+in its place. A new field in the recipe fails this test until it is wired and listed here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sft_cli.callbacks import make_callbacks
+from sft_cli.recipe import TrainingSection, load_recipe
+from sft_cli.train import Reporter, layout, pick_precision, sft_config
+from test_train import recipe_file
+
+# every training field set away from its default; value in the recipe -> what SFTConfig must hold
+NON_DEFAULT = {
+    "learning_rate": (1e-3, "learning_rate", 1e-3),
+    "epochs": (2.0, "num_train_epochs", 2.0),
+    "max_steps": (7, "max_steps", 7),
+    "batch_size": (3, "per_device_train_batch_size", 3),
+    "gradient_accumulation_steps": (2, "gradient_accumulation_steps", 2),
+    "lr_scheduler": ("linear", "lr_scheduler_type", "linear"),
+    "warmup_ratio": (0.1, "warmup_steps", 0.1),
+    "weight_decay": (0.01, "weight_decay", 0.01),
+    "max_grad_norm": (0.5, "max_grad_norm", 0.5),
+    "seed": (7, "seed", 7),
+    "eval_steps": (2, "eval_steps", 2),
+    "save_steps": (4, "save_steps", 4),
+    "save_total_limit": (3, "save_total_limit", 3),
+    "logging_steps": (2, "logging_steps", 2),
+    "report_to": ("tensorboard", "report_to", ["tensorboard"]),
+    "early_stopping": ({"patience": 2, "metric": "eval_loss"}, "metric_for_best_model", "eval_loss"),
+    "precision": ("bf16", "bf16", True),
+    "gradient_checkpointing": (True, "activation_checkpointing", True),
+}
+# shape the batches (the collator and sampler), not SFTConfig: checked through `layout`
+BATCH_FIELDS = {"padding_free": False, "packing": False}
+
+
+def config_for(tmp_path: Path, tiny_path: Path, training: dict):
+    path = recipe_file(tmp_path, tiny_path, training=training, data={"eval_fraction": 0.25})
+    recipe = load_recipe(path).recipe
+    _, precision = pick_precision(recipe.training.precision)
+    return recipe, sft_config(recipe, Path("run"), precision, True, recipe.training.padding_free)
+
+
+def test_every_training_field_is_listed():
+    assert set(TrainingSection.model_fields) == set(NON_DEFAULT) | set(BATCH_FIELDS)
+    for name, (value, _, _) in NON_DEFAULT.items():
+        assert TrainingSection.model_fields[name].default != value, name
+
+
+def test_every_training_field_reaches_sft_config(tmp_path, tiny_path):
+    training = {name: value for name, (value, _, _) in NON_DEFAULT.items()} | BATCH_FIELDS
+    recipe, config = config_for(tmp_path, tiny_path, training)
+    for name, (_, attribute, expected) in NON_DEFAULT.items():
+        assert getattr(config, attribute) == expected, (name, attribute, getattr(config, attribute))
+    assert config.load_best_model_at_end and config.data_seed == 7 and config.per_device_eval_batch_size == 3
+    assert layout(recipe) == "padded" and config.include_num_input_tokens_seen == "non_padding"
+    early = [c for c in make_callbacks(recipe, tmp_path, Reporter(), True, {}) if hasattr(c, "early_stopping_patience")]
+    assert early[0].early_stopping_patience == 2
+
+
+def test_defaults_are_sft_defaults_not_trl_defaults(tmp_path, tiny_path):
+    recipe, config = config_for(tmp_path, tiny_path, {})
+    assert config.activation_checkpointing is False and config.gradient_checkpointing is False  # TRL: True
+    assert config.bf16 is False and config.fp16 is False  # TRL: bf16 True; on CPU sft trains in fp32
+    assert layout(recipe) == "padding_free" and config.include_num_input_tokens_seen == "all"
