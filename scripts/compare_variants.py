@@ -2,7 +2,7 @@
 recipe with one `--set` changed, trained and evaluated through the `sft` command line, one after the other.
 
 Prints held-out exact match, answer loss and training time per variant.
-Usage: python scripts/compare_variants.py [--steps 60] [--limit 120] [--out runs/compare]
+Usage: python scripts/compare_variants.py [--steps N] [--limit 120] [--out runs/compare]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def sft(*args: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, help="override the recipe's length (default: its own, 1 epoch)")
     parser.add_argument("--limit", type=int, default=120, help="held-out rows to score")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "compare")
     args = parser.parse_args()
@@ -40,7 +40,7 @@ def main() -> None:
     base = None
     for name, sets in VARIANTS.items():
         run_dir = args.out / name.replace(", ", "-").replace(" ", "").replace("=", "")
-        overrides = [f"training.max_steps={args.steps}", f"output.dir={run_dir}", *sets]
+        overrides = [f"output.dir={run_dir}", *sets] + ([f"training.max_steps={args.steps}"] if args.steps else [])
         start = time.perf_counter()
         sft("train", "configs/quickstart.yaml", "--overwrite", *[x for o in overrides for x in ("--set", o)])
         seconds = time.perf_counter() - start
@@ -51,7 +51,7 @@ def main() -> None:
         if not base:
             base = results[0]
         rows.append((name, results[-1], seconds))
-    print(f"held-out rows: {args.limit}, steps: {args.steps}, recipe: configs/quickstart.yaml")
+    print(f"held-out rows: {args.limit}, steps: {args.steps or 'from the recipe'}, recipe: configs/quickstart.yaml")
     print(f"{'variant':22s} {'exact match':>11s} {'contained':>9s} {'answer loss':>11s} {'train s':>8s}")
     print(f"{'base (untouched)':22s} {base['exact_match']:11.1%} {base['contains']:9.1%} {base['loss']:11.3f}"
           f" {'-':>8s}")

@@ -3,7 +3,9 @@
 Rows are in the seed's instruction/input/output format plus a `task` field (for per-family metrics), some with
 `input` and some without. The eval file holds new instances: no (instruction, input) pair of it is in train.
 
-Usage: python scripts/make_dataset.py [--train 480] [--eval 120] [--out data/tasks]
+The bundled files: `--train 480 --eval 120 --more 360` (the first 480 train rows and the eval rows are those of
+the original 480/120 split; 360 more new instances, none in eval, follow them in train.jsonl).
+Usage: python scripts/make_dataset.py [--train 480] [--eval 120] [--more 360] [--out data/tasks]
 """
 
 from __future__ import annotations
@@ -116,12 +118,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=480)
     parser.add_argument("--eval", type=int, default=120)
+    parser.add_argument("--more", type=int, default=360, help="train rows drawn after the eval rows")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "tasks")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     train = generate(args.train, rng, set())
     evaluation = generate(args.eval, rng, {(r["instruction"], r["input"]) for r in train})
+    train += generate(args.more, rng, {(r["instruction"], r["input"]) for r in train + evaluation})
     args.out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("eval", evaluation)):
         path = args.out / f"{name}.jsonl"

@@ -261,7 +261,8 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the transformers/TRL logs."),
     no_cache: bool = NoCacheOpt,
 ) -> None:
-    """Fine-tune with TRL's SFTTrainer on exactly the tokens `sft preview` shows (prepared once, cached)."""
+    """Fine-tune with TRL's SFTTrainer on exactly the tokens `sft preview` shows (prepared once, cached), in
+    padding-free batches (attention never crosses examples)."""
     loaded = _load(recipe, set_)  # a bad recipe fails here, before any model loads
     if num_processes > 1 or accelerate_config:
         launch_processes(num_processes, accelerate_config)

@@ -89,6 +89,7 @@ def test_custom_template_and_its_errors(tmp_path):
     ("data:\n  path: train.jsonl\n  eval_fraction: 0.1\ntraining:\n  early_stopping: {}\n  eval_steps: 10\n"
      "  save_steps: 15\n", "must be a multiple"),
     ("training:\n  eval_steps: 5\n", "no eval data"),
+    ("training:\n  packing: true\n  padding_free: false\n", "packing needs training.padding_free"),
 ])
 def test_cross_field_checks_fail_before_training(tmp_path, extra, message):
     text = BASE.replace("data:\n  path: train.jsonl\n", "") if extra.startswith("data") else BASE

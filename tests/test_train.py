@@ -50,6 +50,10 @@ def test_loss_falls_and_the_run_folder_is_complete(tmp_path, tiny_path):
         assert (run_dir / name).exists(), name
     record = json.loads((run_dir / "run.json").read_text())
     assert record["plan"]["precision"] == "fp32" and record["plan"]["device"] == "cpu"
+    batching = record["plan"]["batching"]
+    assert batching["layout"] == "padding_free" and batching["padding_share"] == 0 and batching["tokens_per_step"] > 0
+    assert record["plan"]["attention"] == "sft_varlen"
+    assert json.loads((run_dir / "config.json").read_text()).get("_attn_implementation") != "sft_varlen"
     assert record["tokens_per_s"] > 0 and record["global_step"] == 20 and record["versions"]["trl"]
     from transformers import AutoModelForCausalLM
 
@@ -150,6 +154,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_path):
     result = runner.invoke(app, ["train", str(recipe_file(tmp_path, tiny_path)), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "trainable parameters" in result.output and "fp32" in result.output
+    assert "padding_free" in result.output and "tokens and 4 examples per step" in result.output
     assert not (tmp_path / "run").exists()
 
 
