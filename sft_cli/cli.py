@@ -221,31 +221,6 @@ def quiet_libraries() -> None:
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
-def launch_processes(num_processes: int, accelerate_config: Optional[Path]) -> None:
-    """Re-run this very command in N processes: `accelerate launch` on GPUs or with a config file (DDP, FSDP,
-    DeepSpeed), torchrun on CPU (gloo), where accelerate's own CPU launcher needs MPI."""
-    import subprocess
-
-    import torch
-
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip or arg.startswith(("--num-processes=", "--accelerate-config=")):
-            skip = False
-            continue
-        if arg in ("--num-processes", "--accelerate-config"):
-            skip = True
-            continue
-        args.append(arg)
-    if accelerate_config or torch.cuda.is_available():
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
-        command += ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",  # a free port, one machine
-                   "--nproc_per_node", str(num_processes)]
-    raise typer.Exit(subprocess.call([*command, "-m", "sft_cli", *args]))
-
-
 @command
 def train(
     recipe: Path = RecipeArg,
@@ -257,7 +232,8 @@ def train(
     num_processes: int = typer.Option(
         1, "--num-processes", min=1, help="Start N processes: torchrun on CPU (gloo), accelerate launch on GPUs."),
     accelerate_config: Optional[Path] = typer.Option(
-        None, "--accelerate-config", help="accelerate config file (e.g. configs/accelerate/fsdp.yaml)."),
+        None, "--accelerate-config",
+        help="accelerate config file (e.g. configs/accelerate/fsdp.yaml; FSDP and DeepSpeed need CUDA GPUs)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the transformers/TRL logs."),
     no_cache: bool = NoCacheOpt,
 ) -> None:
@@ -265,7 +241,9 @@ def train(
     padding-free batches (attention never crosses examples)."""
     loaded = _load(recipe, set_)  # a bad recipe fails here, before any model loads
     if num_processes > 1 or accelerate_config:
-        launch_processes(num_processes, accelerate_config)
+        from sft_cli.launch import launch_processes
+
+        raise typer.Exit(launch_processes(num_processes, accelerate_config))
     if not verbose:
         quiet_libraries()
     from sft_cli.train import distributed_state

@@ -172,6 +172,18 @@ def test_bad_recipes_fail_before_any_model_loads(tmp_path, fields, message):
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP and DeepSpeed run on GPUs")
+@pytest.mark.parametrize("config", ["fsdp", "deepspeed"])
+def test_gpu_only_accelerate_config_is_refused_on_cpu(tmp_path, tiny_path, config):
+    """accelerate would start plain DDP processes on CPU under an FSDP/DeepSpeed config: say so, start nothing."""
+    path = recipe_file(tmp_path, tiny_path, training={"max_steps": 1})
+    config_path = Path(__file__).parent.parent / "configs" / "accelerate" / f"{config}.yaml"
+    result = runner.invoke(app, ["train", str(path), "--accelerate-config", str(config_path), "--num-processes", "2"])
+    assert result.exit_code == 2, result.output
+    assert f"{config_path}: distributed_type {config.upper()} needs CUDA GPUs" in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
 def test_two_processes_on_cpu(tmp_path, tiny_path):
     rows = [{"instruction": f"Say {i}", "input": "", "output": str(i)} for i in range(16)]
     path = recipe_file(tmp_path, tiny_path, rows=rows, training={"max_steps": 3})
