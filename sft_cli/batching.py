@@ -12,7 +12,7 @@ import bisect
 import random
 from dataclasses import dataclass
 
-IGNORE = -100
+from sft_cli.encode import IGNORE
 
 
 def sequence_lengths(dataset) -> list[int]:

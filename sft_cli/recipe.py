@@ -112,7 +112,9 @@ class TrainingSection(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU"
     )
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, slower steps")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward: less memory, slower steps"
+    )
     padding_free: bool = Field(
         True, description="concatenate a batch's examples without padding; attention stays inside each example"
     )

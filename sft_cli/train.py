@@ -2,8 +2,9 @@
 
 Read top to bottom: `prepare` (everything that can fail fails before the first step), `run` (the training),
 then `run_folder.finish` (atomic final save, metrics, plot, run.json). Batches come from `batching.py`
-(padding-free by default) with the attention of `attention.py`. The dataset handed to TRL is the output of `encode_rows`, the
-function `sft preview` shows; TRL is told to skip its own preparation, so it neither re-tokenizes nor re-masks.
+(padding-free by default) with the attention of `attention.py`. The dataset handed to TRL is the output of
+`encode_rows`, the function `sft preview` shows; TRL is told to skip its own preparation, so it neither re-tokenizes
+nor re-masks.
 """
 
 from __future__ import annotations
@@ -290,7 +291,8 @@ def prepare(
                        hint="run `sft preview` to see why rows were dropped (max_length, on_overflow)")
     world = distributed.num_processes
     t = recipe.training
-    batch_plan, bins = plan_batches(sequence_lengths(train_set.dataset()), t.batch_size,
+    train_rows = train_set.dataset().remove_columns(["truncated"])  # memory-mapped, opened once
+    batch_plan, bins = plan_batches(sequence_lengths(train_rows), t.batch_size,
                                     t.gradient_accumulation_steps, layout(recipe), recipe.max_length, t.seed)
     per_step = t.batch_size * t.gradient_accumulation_steps * world
     steps = t.max_steps or max(1, int(-(-batch_plan.items // per_step) * t.epochs))
@@ -323,7 +325,6 @@ def prepare(
     from sft_cli.trainer import SftTrainer
 
     session.state = {"stop_at_step": stop_at_step}
-    train_rows = train_set.dataset().remove_columns(["truncated"])
     session.collator = Collator(tokenizer.pad_token_id, padding_free=t.padding_free, source=train_rows)
     session.trainer = SftTrainer(
         model=model, fused_loss=not no_gpu(),

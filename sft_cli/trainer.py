@@ -12,7 +12,7 @@ import torch
 from transformers import Trainer
 from trl import SFTTrainer
 
-IGNORE = -100
+from sft_cli.encode import IGNORE
 
 
 class SftTrainer(SFTTrainer):

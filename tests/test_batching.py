@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import ALPACA_ROWS
-from sft_cli.batching import IGNORE, Collator, pack_bins, plan_batches
+from sft_cli.batching import Collator, pack_bins, plan_batches
+from sft_cli.encode import IGNORE
 from sft_cli.recipe import load_recipe
 from sft_cli.train import prepare
 from test_train import recipe_file
