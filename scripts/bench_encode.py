@@ -50,7 +50,8 @@ def time_trl(rows: list[dict], model: Path) -> float:
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompts = [render_prompt("alpaca", {**r, "input": r.get("input", "")}, tokenizer).text for r in rows]
     dataset = datasets.Dataset.from_dict(
-        {"prompt": prompts, "completion": [r["output"] + tokenizer.eos_token for r in rows]})
+        {"prompt": prompts, "completion": [r["output"] + tokenizer.eos_token for r in rows]}
+    )
     tiny = AutoModelForCausalLM.from_pretrained(ROOT / "fixtures" / "tiny-llama", dtype=torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(output_dir=tmp, max_length=256, report_to="none", use_cpu=True, bf16=False)

@@ -25,8 +25,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SYLLABLES = "ka lo mi ne ru sa to vi ze pa do fe gu hi ja ko lu ma ni po qua re si tu va we xo yu".split()
-TASKS = ["Summarise the text.", "Translate into French.", "Answer the question.", "Rewrite it formally.",
-         "List the key points.", "Explain it to a child.", "Classify the sentiment.", "Write a short reply."]
+TASKS = [
+    "Summarise the text.",
+    "Translate into French.",
+    "Answer the question.",
+    "Rewrite it formally.",
+    "List the key points.",
+    "Explain it to a child.",
+    "Classify the sentiment.",
+    "Write a short reply.",
+]
 
 
 def words(rng: random.Random, mean: float, sigma: float, low: int, high: int) -> str:
@@ -47,9 +55,11 @@ def generate(n: int, folder: Path) -> tuple[Path, Path]:
     alpaca, pairs = folder / "alpaca.jsonl", folder / "prompt_completion.jsonl"
     with alpaca.open("w", encoding="utf-8") as a, pairs.open("w", encoding="utf-8") as p:
         for _ in range(n):
-            row = {"instruction": f"{rng.choice(TASKS)} {words(rng, 8, 0.8, 1, 200)}",
-                   "input": words(rng, 25, 1.0, 1, 500) if rng.random() < 0.4 else "",
-                   "output": words(rng, 30, 1.0, 3, 350)}
+            row = {
+                "instruction": f"{rng.choice(TASKS)} {words(rng, 8, 0.8, 1, 200)}",
+                "input": words(rng, 25, 1.0, 1, 500) if rng.random() < 0.4 else "",
+                "output": words(rng, 30, 1.0, 3, 350),
+            }
             a.write(json.dumps(row) + "\n")
             prompt = render_prompt("alpaca", row, Eos()).text
             p.write(json.dumps({"prompt": prompt, "completion": row["output"] + Eos.eos_token}) + "\n")
@@ -61,8 +71,9 @@ def measure(argv: list[str], env: dict | None = None, marker: str | None = None)
     import psutil
 
     start = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
     seen: dict = {}
     lines: list[str] = []
 
@@ -85,8 +96,12 @@ def measure(argv: list[str], env: dict | None = None, marker: str | None = None)
     reader.join()
     if process.returncode:
         sys.exit(f"{' '.join(argv)} failed:\n{''.join(lines[-30:])}")
-    return {"seconds": time.perf_counter() - start, "peak_mb": peak / 2**20, "marker": seen.get("marker"),
-            "output": "".join(lines)}
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_mb": peak / 2**20,
+        "marker": seen.get("marker"),
+        "output": "".join(lines),
+    }
 
 
 def trl_phase(pairs: Path, model: Path) -> None:
@@ -137,10 +152,13 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     alpaca, pairs = generate(args.rows, folder)
-    print(f"generated {args.rows:,} rows in {time.perf_counter() - started:.0f} s ({alpaca.stat().st_size / 2**20:.0f} MB)")
+    size_mb = alpaca.stat().st_size / 2**20
+    print(f"generated {args.rows:,} rows in {time.perf_counter() - started:.0f} s ({size_mb:.0f} MB)")
     recipe = folder / "recipe.yaml"
-    recipe.write_text(f"model: {{name: {args.model.resolve()}}}\ndata: {{path: {alpaca}}}\ntemplate: alpaca\n"
-                      "max_length: 1024\n", encoding="utf-8")
+    recipe.write_text(
+        f"model: {{name: {args.model.resolve()}}}\ndata: {{path: {alpaca}}}\ntemplate: alpaca\nmax_length: 1024\n",
+        encoding="utf-8",
+    )
     cache = {"SFT_CACHE_DIR": str(folder / "cache")}
     sft = [sys.executable, "-m", "sft_cli"]
     cold = measure([*sft, "prepare", str(recipe)], cache)
@@ -150,18 +168,27 @@ def main() -> None:
     workers = len(os.sched_getaffinity(0))
     print(cold["output"][-1400:])
     print(f"\n{args.rows:,} rows, tokenizer {args.model.name}, {workers} cores")
-    print(f"  sft prepare (cold, {workers} workers)   {cold['seconds']:7.1f} s  {args.rows / cold['seconds']:8.0f} rows/s  "
-          f"{args.rows / cold['seconds'] / workers:7.0f} rows/s/core  peak {cold['peak_mb']:6.0f} MB")
+    rate = args.rows / cold["seconds"]
+    print(
+        f"  sft prepare (cold, {workers} workers)   {cold['seconds']:7.1f} s  {rate:8.0f} rows/s  "
+        f"{rate / workers:7.0f} rows/s/core  peak {cold['peak_mb']:6.0f} MB"
+    )
     print(f"  sft prepare (cached)              {warm['seconds']:7.1f} s  peak {warm['peak_mb']:6.0f} MB")
-    print(f"  sft preview: first example at     {preview['marker']:7.1f} s from the command's start "
-          f"(whole preview {preview['seconds']:.1f} s)")
+    print(
+        f"  sft preview: first example at     {preview['marker']:7.1f} s from the command's start "
+        f"(whole preview {preview['seconds']:.1f} s)"
+    )
     print(f"  {first['output'].strip().splitlines()[-1]}")
     if not args.skip_trl:
         trl = measure([sys.executable, __file__, "--phase", "trl", "--data", str(pairs), "--model", str(args.model)])
-        print(f"  TRL SFTTrainer preprocessing      {trl['seconds']:7.1f} s  {args.rows / trl['seconds']:8.0f} rows/s  "
-              f"{args.rows / trl['seconds']:7.0f} rows/s/core  peak {trl['peak_mb']:6.0f} MB  (1 process)")
-        print(f"  sft vs TRL, per core: {trl['seconds'] / cold['seconds'] / workers:.2f}x; "
-              f"wall: {trl['seconds'] / cold['seconds']:.2f}x")
+        print(
+            f"  TRL SFTTrainer preprocessing      {trl['seconds']:7.1f} s  {args.rows / trl['seconds']:8.0f} rows/s  "
+            f"{args.rows / trl['seconds']:7.0f} rows/s/core  peak {trl['peak_mb']:6.0f} MB  (1 process)"
+        )
+        print(
+            f"  sft vs TRL, per core: {trl['seconds'] / cold['seconds'] / workers:.2f}x; "
+            f"wall: {trl['seconds'] / cold['seconds']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,16 @@ def rows_file(kind: str, folder: Path) -> Path:
     path = folder / "mixed.jsonl"
     with path.open("w", encoding="utf-8") as f:
         for _ in range(2000):
-            f.write(json.dumps({"instruction": f"{rng.choice(TASKS)} {words(rng, 6, 0.6, 1, 40)}",
-                                "input": words(rng, 12, 0.8, 1, 60) if rng.random() < 0.3 else "",
-                                "output": words(rng, 20, 1.0, 2, 150)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": f"{rng.choice(TASKS)} {words(rng, 6, 0.6, 1, 40)}",
+                        "input": words(rng, 12, 0.8, 1, 60) if rng.random() < 0.3 else "",
+                        "output": words(rng, 20, 1.0, 2, 150),
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -88,10 +95,19 @@ def train_flops(model, counter: Counter) -> float:
 def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path) -> Path:
     import yaml
 
-    recipe = {"model": {"name": model}, "data": {"path": str(data)}, "max_length": MAX_LENGTH,
-              "training": {"max_steps": steps, "batch_size": batch, "logging_steps": 1, "save_steps": 10_000,
-                           "warmup_ratio": 0.0},
-              "output": {"dir": str(out / "run")}}
+    recipe = {
+        "model": {"name": model},
+        "data": {"path": str(data)},
+        "max_length": MAX_LENGTH,
+        "training": {
+            "max_steps": steps,
+            "batch_size": batch,
+            "logging_steps": 1,
+            "save_steps": 10_000,
+            "warmup_ratio": 0.0,
+        },
+        "output": {"dir": str(out / "run")},
+    }
     path = out / "bench.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -120,18 +136,27 @@ def run_trl(data, model_name, steps, batch, out, counter, tuned: bool) -> tuple:
 
     tokenizer = AutoTokenizer.from_pretrained(model_name)
     rows = [json.loads(line) for line in data.read_text().splitlines()]
-    dataset = datasets.Dataset.from_dict({
-        "prompt": [render_prompt("alpaca", r, tokenizer).text for r in rows],
-        "completion": [r["output"] + tokenizer.eos_token for r in rows],
-    })
+    dataset = datasets.Dataset.from_dict(
+        {
+            "prompt": [render_prompt("alpaca", r, tokenizer).text for r in rows],
+            "completion": [r["output"] + tokenizer.eos_token for r in rows],
+        }
+    )
     options = {"use_cpu": True} if not torch.cuda.is_available() else {}  # TRL's bf16 default refuses a CPU without
     if tuned:
         options |= {"activation_checkpointing": False, "padding_free": True, "max_length": None}
         if not torch.cuda.is_available():
             options |= {"bf16": False}
-    args = SFTConfig(output_dir=str(out / "trl"), max_steps=steps, per_device_train_batch_size=batch,
-                     report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
-                     **({"max_length": MAX_LENGTH} | options))
+    args = SFTConfig(
+        output_dir=str(out / "trl"),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        **({"max_length": MAX_LENGTH} | options),
+    )
     model = AutoModelForCausalLM.from_pretrained(model_name, dtype=torch.bfloat16 if args.bf16 else torch.float32)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
@@ -165,7 +190,7 @@ def run_raw(data, model_name, steps, batch, out, counter) -> tuple:
     random.Random(0).shuffle(order)
     start = time.perf_counter()
     for step in range(steps):
-        batch_rows = dataset.select(order[step * batch:(step + 1) * batch])
+        batch_rows = dataset.select(order[step * batch : (step + 1) * batch])
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(list(batch_rows)).items()}
         loss = model(**inputs, use_cache=False).loss
         loss.backward()
@@ -218,11 +243,22 @@ def worker(kind: str, data: Path, model: str, steps: int, batch: int) -> None:
         elif kind == "raw":
             seconds, trained_model, precision = run_raw(data, model, steps, batch, Path(tmp), counter)
         else:
-            seconds, trained_model, precision = run_trl(data, model, steps, batch, Path(tmp), counter,
-                                                        tuned=kind == "trl-tuned")
-    print("RESULT " + json.dumps({
-        "precision": precision, "seconds": seconds, "tokens": counter.tokens, "trained": counter.trained,
-        "flops": train_flops(trained_model, counter), "peak_mb": peak_memory_mb()}))
+            seconds, trained_model, precision = run_trl(
+                data, model, steps, batch, Path(tmp), counter, tuned=kind == "trl-tuned"
+            )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "precision": precision,
+                "seconds": seconds,
+                "tokens": counter.tokens,
+                "trained": counter.trained,
+                "flops": train_flops(trained_model, counter),
+                "peak_mb": peak_memory_mb(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -242,22 +278,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = rows_file(args.data, Path(tmp))
         for kind in dict.fromkeys(["sft", *args.runs.split(",")]):
-            done = subprocess.run([sys.executable, __file__, "--worker", kind, "--rows", str(data), "--model",
-                                   args.model, "--steps", str(args.steps), "--batch", str(args.batch)],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    kind,
+                    "--rows",
+                    str(data),
+                    "--model",
+                    args.model,
+                    "--steps",
+                    str(args.steps),
+                    "--batch",
+                    str(args.batch),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode:
                 sys.exit(f"{kind} failed:\n{done.stderr[-3000:]}")
             line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
             results[kind] = json.loads(line.removeprefix("RESULT "))
-    print(f"data {args.data}, model {Path(args.model).name}, {args.steps} steps of {args.batch} rows, "
-          f"max_length {MAX_LENGTH}; matmul peak {peak / 1e9:.0f} GFLOP/s")
-    print(f"{'run':12s} {'prec':5s} {'tokens/s':>9s} {'trained/s':>9s} {'tokens':>7s} {'% peak':>7s} "
-          f"{'peak MB':>8s}  sft vs this")
+    print(
+        f"data {args.data}, model {Path(args.model).name}, {args.steps} steps of {args.batch} rows, "
+        f"max_length {MAX_LENGTH}; matmul peak {peak / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        f"{'run':12s} {'prec':5s} {'tokens/s':>9s} {'trained/s':>9s} {'tokens':>7s} {'% peak':>7s} "
+        f"{'peak MB':>8s}  sft vs this"
+    )
     base = results["sft"]["tokens"] / results["sft"]["seconds"]
     for kind, r in results.items():
         rate = r["tokens"] / r["seconds"]
-        print(f"{kind:12s} {r['precision']:5s} {rate:9.1f} {r['trained'] / r['seconds']:9.1f} {r['tokens']:7d} "
-              f"{100 * r['flops'] / r['seconds'] / peak:6.1f}% {r['peak_mb']:8.0f}  {base / rate:.2f}x")
+        print(
+            f"{kind:12s} {r['precision']:5s} {rate:9.1f} {r['trained'] / r['seconds']:9.1f} {r['tokens']:7d} "
+            f"{100 * r['flops'] / r['seconds'] / peak:6.1f}% {r['peak_mb']:8.0f}  {base / rate:.2f}x"
+        )
 
 
 if __name__ == "__main__":

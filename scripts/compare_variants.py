@@ -44,20 +44,33 @@ def main() -> None:
         start = time.perf_counter()
         sft("train", "configs/quickstart.yaml", "--overwrite", *[x for o in overrides for x in ("--set", o)])
         seconds = time.perf_counter() - start
-        scored = json.loads(sft("eval", str(run_dir), "--data", "data/tasks/eval.jsonl", "--json",
-                                "--limit", str(args.limit), "--max-new-tokens", "24",
-                                *(["--base"] if not base else [])))
+        scored = json.loads(
+            sft(
+                "eval",
+                str(run_dir),
+                "--data",
+                "data/tasks/eval.jsonl",
+                "--json",
+                "--limit",
+                str(args.limit),
+                "--max-new-tokens",
+                "24",
+                *(["--base"] if not base else []),
+            )
+        )
         results = scored["results"]
         if not base:
             base = results[0]
         rows.append((name, results[-1], seconds))
     print(f"held-out rows: {args.limit}, steps: {args.steps or 'from the recipe'}, recipe: configs/quickstart.yaml")
     print(f"{'variant':22s} {'exact match':>11s} {'contained':>9s} {'answer loss':>11s} {'train s':>8s}")
-    print(f"{'base (untouched)':22s} {base['exact_match']:11.1%} {base['contains']:9.1%} {base['loss']:11.3f}"
-          f" {'-':>8s}")
+    print(
+        f"{'base (untouched)':22s} {base['exact_match']:11.1%} {base['contains']:9.1%} {base['loss']:11.3f} {'-':>8s}"
+    )
     for name, result, seconds in rows:
-        print(f"{name:22s} {result['exact_match']:11.1%} {result['contains']:9.1%} {result['loss']:11.3f} "
-              f"{seconds:8.0f}")
+        print(
+            f"{name:22s} {result['exact_match']:11.1%} {result['contains']:9.1%} {result['loss']:11.3f} {seconds:8.0f}"
+        )
 
 
 if __name__ == "__main__":

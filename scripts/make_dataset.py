@@ -63,11 +63,13 @@ def unit_conversion(rng):
 
 def extract_year(rng):
     year, name, city = rng.randint(1800, 2023), rng.choice(NAMES), rng.choice(CITIES)
-    sentence = rng.choice([
-        f"{name} moved to {city} in {year} and opened a small bakery.",
-        f"The bridge in {city} was finished in {year} after long delays.",
-        f"In {year}, {name} won the chess championship held in {city}.",
-    ])
+    sentence = rng.choice(
+        [
+            f"{name} moved to {city} in {year} and opened a small bakery.",
+            f"The bridge in {city} was finished in {year} after long delays.",
+            f"In {year}, {name} won the chess championship held in {city}.",
+        ]
+    )
     return "Extract the year from the sentence.", sentence, str(year)
 
 
@@ -92,9 +94,15 @@ def first_letter(rng):
 
 
 TASKS = {
-    "arithmetic": arithmetic, "reverse_word": reverse_word, "uppercase": uppercase,
-    "unit_conversion": unit_conversion, "extract_year": extract_year, "parity": parity,
-    "sort_words": sort_words, "count_letters": count_letters, "first_letter": first_letter,
+    "arithmetic": arithmetic,
+    "reverse_word": reverse_word,
+    "uppercase": uppercase,
+    "unit_conversion": unit_conversion,
+    "extract_year": extract_year,
+    "parity": parity,
+    "sort_words": sort_words,
+    "count_letters": count_letters,
+    "first_letter": first_letter,
 }
 
 

@@ -16,8 +16,18 @@ from __future__ import annotations
 VARLEN = "sft_varlen"
 
 
-def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                     sliding_window=None, cu_seq_lens_q=None, **kwargs):
+def varlen_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling=None,
+    sliding_window=None,
+    cu_seq_lens_q=None,
+    **kwargs,
+):
     """Causal attention per sequence; query/key/value are (1, heads, tokens, dim) for a padding-free batch."""
     import torch
     import torch.nn.functional as F
@@ -34,9 +44,11 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
         if window and end - start > window:  # a position sees itself and the window - 1 before it
             i = torch.arange(end - start, device=query.device)
             mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
-        outputs.append(F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout, scale=scaling,
-            enable_gqa=groups > 1))
+        outputs.append(
+            F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout, scale=scaling, enable_gqa=groups > 1
+            )
+        )
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 

@@ -79,8 +79,10 @@ class Collator:
             "labels": torch.tensor([[t for labs in labels for t in labs]]),
             "position_ids": torch.cat([torch.arange(n) for n in lengths])[None],
             # sequence boundaries for varlen attention kernels (flash-attention, sft's own on CPU)
-            "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds,
-            "max_length_q": max(lengths), "max_length_k": max(lengths),
+            "cu_seq_lens_q": bounds,
+            "cu_seq_lens_k": bounds,
+            "max_length_q": max(lengths),
+            "max_length_k": max(lengths),
         }
 
 
@@ -109,8 +111,9 @@ class BatchPlan:
     items: int  # what the sampler draws: examples, or bins when packed
 
 
-def plan_batches(lengths: list[int], batch_size: int, accumulation: int, layout: str, max_length: int,
-                 seed: int) -> tuple[BatchPlan, list[list[int]] | None]:
+def plan_batches(
+    lengths: list[int], batch_size: int, accumulation: int, layout: str, max_length: int, seed: int
+) -> tuple[BatchPlan, list[list[int]] | None]:
     """The batch plan and, for packing, the bins. The padded layout's padding share is measured on one seeded
     shuffle of the real lengths (the trainer's own order differs, not the distribution)."""
     bins = pack_bins(lengths, max_length) if layout == "packed" else None
@@ -121,13 +124,20 @@ def plan_batches(lengths: list[int], batch_size: int, accumulation: int, layout:
     if layout == "padded":
         order = list(range(len(lengths)))
         random.Random(seed).shuffle(order)
-        width = sum(max(lengths[i] for i in order[s:s + batch_size]) * len(order[s:s + batch_size])
-                    for s in range(0, len(order), batch_size))
+        width = sum(
+            max(lengths[i] for i in order[s : s + batch_size]) * len(order[s : s + batch_size])
+            for s in range(0, len(order), batch_size)
+        )
         padding = 1 - total / width if width else 0.0
     if bins is not None:
         efficiency = total / (len(bins) * max_length) if bins else 0.0
     sequences_per_item = len(lengths) / max(items, 1)
-    plan = BatchPlan(layout, round(batch_size * accumulation * sequences_per_item, 2),
-                     round(batch_size * accumulation * per_item, 1), round(padding, 4),
-                     round(efficiency, 4) if efficiency is not None else None, items)
+    plan = BatchPlan(
+        layout,
+        round(batch_size * accumulation * sequences_per_item, 2),
+        round(batch_size * accumulation * per_item, 1),
+        round(padding, 4),
+        round(efficiency, 4) if efficiency is not None else None,
+        items,
+    )
     return plan, bins

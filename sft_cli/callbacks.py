@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from sft_cli.train import Reporter
 
 
-def make_callbacks(recipe: Recipe, run_dir: Path, reporter: "Reporter", is_main: bool, state: dict):
+def make_callbacks(recipe: Recipe, run_dir: Path, reporter: Reporter, is_main: bool, state: dict):
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class Monitor(TrainerCallback):
@@ -72,5 +72,3 @@ def make_callbacks(recipe: Recipe, run_dir: Path, reporter: "Reporter", is_main:
     if early:
         callbacks.append(EarlyStoppingCallback(early.patience, early.threshold))
     return callbacks
-
-

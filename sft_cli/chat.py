@@ -63,7 +63,7 @@ def _unmark(text: str, kind: str) -> list[Segment]:
     segments, cursor = [], 0
     for match in _MARKED.finditer(text):
         if match.start() > cursor:
-            segments.append(Segment(text[cursor:match.start()], kind))
+            segments.append(Segment(text[cursor : match.start()], kind))
         if match.group(1):
             segments.append(Segment(match.group(1), kind, plain=True))
         cursor = match.end()
@@ -145,8 +145,12 @@ class _Template:
 
         try:
             return self.tokenizer.apply_chat_template(
-                self.messages[:upto], tools=self.tools, tokenize=False, add_generation_prompt=generation_prompt,
-                **self.kwargs)
+                self.messages[:upto],
+                tools=self.tools,
+                tokenize=False,
+                add_generation_prompt=generation_prompt,
+                **self.kwargs,
+            )
         except (jinja2.TemplateError, TypeError, KeyError, IndexError) as exc:
             message = str(exc) or type(exc).__name__
             hint = "fix the row, or set data.on_bad_row: skip to skip and count such rows"
@@ -179,7 +183,7 @@ def _align_end(prompt: str, written: str, tokens: tuple[str, ...]) -> int | None
     start = written.find(last.group(0))
     while start >= 0:
         end = start + needed
-        if written[start:end] == prompt[last.start():]:
+        if written[start:end] == prompt[last.start() :]:
             length = needed
             while length < min(len(prompt), end) and prompt[-length - 1] == written[end - length - 1]:
                 length += 1
@@ -202,7 +206,7 @@ def _turn(template: _Template, i: int, options: RenderOptions) -> tuple[str, str
     written = template.text(i + 1, False)
     reasoning = template.reasoning(i)
     if written.startswith(prompt):
-        tail = written[len(prompt):]
+        tail = written[len(prompt) :]
         answer = tail[: _stop_end(tail, options.stop_tokens)]
     elif (aligned := _align_end(prompt, written, options.control_tokens)) is not None:
         # the history was rewritten (Mistral drops or moves the system message), the prompt's end is intact
@@ -261,8 +265,9 @@ def _reasoning_cut(answer: str, template: _Template, i: int) -> int:
     return at if at >= 0 else end
 
 
-def _example(text: str, answers: list[tuple[int, int, int]], prompts: list[tuple[int, int]], split: bool,
-             notes: tuple[str, ...]) -> Rendered:
+def _example(
+    text: str, answers: list[tuple[int, int, int]], prompts: list[tuple[int, int]], split: bool, notes: tuple[str, ...]
+) -> Rendered:
     """Segments of a marked text: answers as (start, reasoning cut, end), prompts as ranges; the rest markers."""
     spans = [(s, e, "prompt") for s, e in prompts if not any(s < end and a < e for a, _, end in answers)]
     for start, cut, end in answers:

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -54,7 +53,7 @@ def command(fn):
     return app.command()(wrapper)
 
 
-def _load(recipe_path: Path, overrides: Optional[list[str]]):
+def _load(recipe_path: Path, overrides: list[str] | None):
     from sft_cli.recipe import load_recipe
 
     return load_recipe(recipe_path, overrides or [])
@@ -75,7 +74,7 @@ def init(
 
 
 @command
-def validate(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt) -> None:
+def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     """Check a recipe without loading any model: every problem at once, with its key and line."""
     from sft_cli.trainer_fields import check_trainer_args, source_field_names
 
@@ -84,16 +83,17 @@ def validate(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt) -> No
     out.print(f"[green]✓[/] {recipe} is valid: {loaded.recipe.summary()}", highlight=False, soft_wrap=True)
 
 
-NoCacheOpt = typer.Option(False, "--no-cache", help="Encode afresh and keep nothing (the cache is neither read "
-                          "nor written).")
+NoCacheOpt = typer.Option(
+    False, "--no-cache", help="Encode afresh and keep nothing (the cache is neither read nor written)."
+)
 
 
 @command
 def preview(
     recipe: Path = RecipeArg,
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
     limit: int = typer.Option(3, "--limit", "-n", min=0, help="How many examples to show."),
-    index: Optional[int] = typer.Option(None, "--index", "-i", help="Show only this row (numbered from 1)."),
+    index: int | None = typer.Option(None, "--index", "-i", help="Show only this row (numbered from 1)."),
     split: str = typer.Option("train", help="train | eval"),
     ids: bool = typer.Option(False, "--ids", help="Show each token's id."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (examples, stats, warnings)."),
@@ -109,8 +109,15 @@ def preview(
     from sft_cli.render import render_examples, render_stats
 
     show = None if as_json else (lambda shown: render_examples(out, shown, show_ids=ids))
-    result = build_preview(loaded.recipe, split=split, limit=limit, index=index, cache=not no_cache,
-                           progress=row_progress(err), on_examples=show)
+    result = build_preview(
+        loaded.recipe,
+        split=split,
+        limit=limit,
+        index=index,
+        cache=not no_cache,
+        progress=row_progress(err),
+        on_examples=show,
+    )
     if as_json:
         sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
         return
@@ -118,7 +125,7 @@ def preview(
 
 
 @command
-def prepare(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt, no_cache: bool = NoCacheOpt) -> None:
+def prepare(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt, no_cache: bool = NoCacheOpt) -> None:
     """Encode the train (and eval) rows into the prepared-dataset cache that preview and train read."""
     from sft_cli.loading import load_tokenizer
     from sft_cli.prepared import prepare_split
@@ -131,8 +138,7 @@ def prepare(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt, no_cac
         prepared = prepare_split(loaded.recipe, tokenizer, split, cache=not no_cache, progress=row_progress(err))
         render_stats(out, prepared)
         where = "not kept (--no-cache)" if no_cache else str(prepared.folder)
-        out.print(f"{split}: {'reused' if prepared.cached else 'prepared'} {where}", highlight=False,
-                  soft_wrap=True)
+        out.print(f"{split}: {'reused' if prepared.cached else 'prepared'} {where}", highlight=False, soft_wrap=True)
         if no_cache:
             prepared.discard()
 
@@ -147,8 +153,14 @@ def row_progress(console: Console):
     state: dict = {}
 
     def start(description: str) -> None:
-        bar = Bar(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} rows"),
-                  TimeElapsedColumn(), console=console, transient=True)
+        bar = Bar(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TextColumn("{task.completed:,.0f} rows"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         state["bar"], state["task"] = bar, bar.add_task(description, total=None)
         bar.start()
 
@@ -177,8 +189,14 @@ class ProgressReporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[metrics]}"),
-            TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("step"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
         )
         self.task = self.progress.add_task("train", total=total_steps, metrics="")
         self.progress.start()
@@ -224,16 +242,22 @@ def quiet_libraries() -> None:
 @command
 def train(
     recipe: Path = RecipeArg,
-    set_: Optional[list[str]] = SetOpt,
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in output.dir (or the latest run of this "
-                                "recipe) from its last checkpoint."),
+    set_: list[str] | None = SetOpt,
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in output.dir (or the latest run of this recipe) from its last checkpoint.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Load and encode everything, print the plan, train nothing."),
     num_processes: int = typer.Option(
-        1, "--num-processes", min=1, help="Start N processes: torchrun on CPU (gloo), accelerate launch on GPUs."),
-    accelerate_config: Optional[Path] = typer.Option(
-        None, "--accelerate-config",
-        help="accelerate config file (e.g. configs/accelerate/fsdp.yaml; FSDP and DeepSpeed need CUDA GPUs)."),
+        1, "--num-processes", min=1, help="Start N processes: torchrun on CPU (gloo), accelerate launch on GPUs."
+    ),
+    accelerate_config: Path | None = typer.Option(
+        None,
+        "--accelerate-config",
+        help="accelerate config file (e.g. configs/accelerate/fsdp.yaml; FSDP and DeepSpeed need CUDA GPUs).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the transformers/TRL logs."),
     no_cache: bool = NoCacheOpt,
 ) -> None:
@@ -251,8 +275,15 @@ def train(
 
     is_main = distributed_state().is_main_process
     console = out if is_main else Console(file=open(os.devnull, "w"))
-    result = run_training(loaded, resume=resume, overwrite=overwrite, dry_run=dry_run, no_cache=no_cache,
-                          reporter=ProgressReporter(console), argv=["sft", *sys.argv[1:]])
+    result = run_training(
+        loaded,
+        resume=resume,
+        overwrite=overwrite,
+        dry_run=dry_run,
+        no_cache=no_cache,
+        reporter=ProgressReporter(console),
+        argv=["sft", *sys.argv[1:]],
+    )
     if not is_main:
         return
     if dry_run:
@@ -263,8 +294,9 @@ def train(
     if result.stop_reason == "interrupted":
         err.print(f"interrupted: checkpoint saved in {result.run_dir}\nresume with: {result.resume_command}")
         raise typer.Exit(130)
-    out.print(f"[green]✓[/] {result.stop_reason}: model, tokenizer, metrics and run.json in {result.run_dir}",
-              highlight=False)
+    out.print(
+        f"[green]✓[/] {result.stop_reason}: model, tokenizer, metrics and run.json in {result.run_dir}", highlight=False
+    )
 
 
 RunArg = typer.Argument(..., help="A run folder written by `sft train` (or `sft merge`).", show_default=False)
@@ -276,30 +308,34 @@ TopPOpt = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling 
 @command
 def generate(
     run_dir: Path = RunArg,
-    instruction: Optional[str] = typer.Argument(None, help="The instruction (or use --file)."),
+    instruction: str | None = typer.Argument(None, help="The instruction (or use --file)."),
     input_text: str = typer.Option("", "--input", help="The input field, when the task has one."),
-    file: Optional[Path] = typer.Option(None, "--file", help="Rows (jsonl/json/csv) to answer, in the training "
-                                        "format."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --file: write rows + `generated` here."),
+    file: Path | None = typer.Option(None, "--file", help="Rows (jsonl/json/csv) to answer, in the training format."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="With --file: write rows + `generated` here."),
     max_new_tokens: int = MaxNewOpt,
     temperature: float = TemperatureOpt,
     top_p: float = TopPOpt,
 ) -> None:
     """Answer with a trained model, prompted exactly as in training (same template, same tokenization)."""
     from sft_cli.data import detect_format, normalise, read_records
-    from sft_cli.generate import Sampling, generate as generate_answers, load_run
+    from sft_cli.generate import Sampling, load_run
+    from sft_cli.generate import generate as generate_answers
 
     if (instruction is None) == (file is None):
-        raise SftError("give an instruction or --file, not both", hint='sft generate RUN "Reverse the word." '
-                       "--input stone")
+        raise SftError(
+            "give an instruction or --file, not both", hint='sft generate RUN "Reverse the word." --input stone'
+        )
     if output and output.exists():
         raise SftError(f"{output} already exists", hint="pick another --output")
     quiet_libraries()
     run = load_run(run_dir)
     sampling = Sampling(max_new_tokens, temperature, top_p)
     if instruction is not None:
-        out.print(generate_answers(run, [{"instruction": instruction, "input": input_text}], sampling)[0],
-                  highlight=False, markup=False)
+        out.print(
+            generate_answers(run, [{"instruction": instruction, "input": input_text}], sampling)[0],
+            highlight=False,
+            markup=False,
+        )
         return
     records = read_records(str(file))
     answerable = [{"output": "-", "completion": "-", **record} for record in records]  # rows to answer need no answer
@@ -311,8 +347,9 @@ def generate(
         except ValueError as exc:
             raise SftError(f"{file} row {number}: {exc}") from None
     answers = generate_answers(run, rows, sampling)
-    lines = [json.dumps({**record, "generated": answer}, ensure_ascii=False)
-             for record, answer in zip(records, answers)]
+    lines = [
+        json.dumps({**record, "generated": answer}, ensure_ascii=False) for record, answer in zip(records, answers)
+    ]
     if output:
         output.write_text("\n".join(lines) + "\n", encoding="utf-8")
         out.print(f"wrote {len(lines)} rows to {output}")
@@ -330,7 +367,8 @@ def chat(
 ) -> None:
     """Talk to a trained model: multi-turn for chat-template runs, one instruction per line otherwise.
     /reset clears the history, /exit (or end of input) quits."""
-    from sft_cli.generate import Sampling, generate as generate_answers, load_run
+    from sft_cli.generate import Sampling, load_run
+    from sft_cli.generate import generate as generate_answers
 
     quiet_libraries()
     run = load_run(run_dir)
@@ -338,8 +376,10 @@ def chat(
     multi_turn = run.template == "chat"
     start = [{"role": "system", "content": system}] if system and multi_turn else []
     history = list(start)
-    out.print(f"chatting with {run_dir} ({'multi-turn' if multi_turn else 'one instruction per line'}); "
-              "/reset, /exit", highlight=False)
+    out.print(
+        f"chatting with {run_dir} ({'multi-turn' if multi_turn else 'one instruction per line'}); /reset, /exit",
+        highlight=False,
+    )
     for line in sys.stdin:
         text = line.strip()
         if text == "/exit":
@@ -365,7 +405,7 @@ def eval(
     run_dir: Path = RunArg,
     data: Path = typer.Option(..., "--data", help="Rows with answers (same format as training)."),
     base: bool = typer.Option(False, "--base", help="Also evaluate the untouched base model, side by side."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest generated answer."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
@@ -383,8 +423,16 @@ def eval(
     with Progress(console=err, transient=True) as progress:
         for is_base in ([True] if base else []) + [False]:
             task = progress.add_task("base model" if is_base else "tuned model", total=None)
-            results.append(evaluate(run_dir, data, base=is_base, limit=limit, sampling=sampling,
-                                    on_batch=lambda n, t=task: progress.advance(t, n)))
+            results.append(
+                evaluate(
+                    run_dir,
+                    data,
+                    base=is_base,
+                    limit=limit,
+                    sampling=sampling,
+                    on_batch=lambda n, t=task: progress.advance(t, n),
+                )
+            )
     if as_json:
         sys.stdout.write(json.dumps({"results": [r.as_dict() for r in results]}, ensure_ascii=False) + "\n")
         return

@@ -100,8 +100,12 @@ def normalise_chat(record: dict) -> dict:
     if not assistants:
         raise ValueError("no assistant turn to train on")
     for i, m in enumerate(out, 1):
-        if m["role"] == "assistant" and not (m["content"] or "").strip() and not m.get("tool_calls") \
-                and not (m.get("reasoning") or "").strip():
+        if (
+            m["role"] == "assistant"
+            and not (m["content"] or "").strip()
+            and not m.get("tool_calls")
+            and not (m.get("reasoning") or "").strip()
+        ):
             raise ValueError(f"message {i}: the assistant turn is empty")
     row = {"messages": out}
     tools = record.get("tools")
@@ -157,8 +161,10 @@ def _tool_call(i: int, call: dict, parse_arguments) -> dict:
     function = call.get("function", call)
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise ValueError(f"message {i}: each tool call needs a function name")
-    out = {"type": call.get("type", "function"),
-           "function": {"name": function["name"], "arguments": parse_arguments(function.get("arguments", {}))}}
+    out = {
+        "type": call.get("type", "function"),
+        "function": {"name": function["name"], "arguments": parse_arguments(function.get("arguments", {}))},
+    }
     if isinstance(call.get("id"), str):
         out["id"] = call["id"]
     return out
@@ -195,8 +201,10 @@ def row_batches(recipe: Recipe, split: str = "train", size: int = 1000) -> Itera
             kept += 1
         except ValueError as exc:
             if data.on_bad_row == "error":
-                raise DataError(f"{path} row {number}: {exc}",
-                                hint="fix the row, or set data.on_bad_row: skip to skip and count such rows") from None
+                raise DataError(
+                    f"{path} row {number}: {exc}",
+                    hint="fix the row, or set data.on_bad_row: skip to skip and count such rows",
+                ) from None
             batch.skipped.append((number, str(exc)))
         if len(batch.rows) + len(batch.skipped) >= size:
             yield batch

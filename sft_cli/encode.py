@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 
 from sft_cli.data import Rows
 from sft_cli.errors import DataError
-from sft_cli.stats import Stats, Warning
 from sft_cli.recipe import Recipe
+from sft_cli.stats import Stats, Warning
 from sft_cli.templates import Rendered, RenderOptions, Segment, extra_special_tokens, render, render_options
 from sft_cli.tokens import Piece, control_pattern, literal_ranges, tokenize_pieces
 
 IGNORE = -100
+
+
 @dataclass(frozen=True)
 class Encoded:
     """One training example: ids, labels (-100 = no loss), and where it came from."""
@@ -115,8 +117,9 @@ def special_prefix(tokenizer, text: str, template, bos: list[int] | None = None)
 def prompt_ids(tokenizer, prompt: Rendered, template, options: RenderOptions, mode: str = "plain") -> list[int]:
     """Token ids of an inference prompt, exactly as training tokenizes the same text before an answer."""
     layout = _layout(prompt, control_pattern(options.control_tokens) if mode == "plain" else None)
-    ids, _ = tokenize_pieces(tokenizer, [_piece(layout.text, 0, len(layout.text), False, layout.literals)],
-                             offsets=False)[0]
+    ids, _ = tokenize_pieces(
+        tokenizer, [_piece(layout.text, 0, len(layout.text), False, layout.literals)], offsets=False
+    )[0]
     return special_prefix(tokenizer, layout.text, template) + ids
 
 
@@ -164,7 +167,7 @@ def _assemble(layout: _Layout, results, prefix: list[int], unmasked: bool):
         if before[: len(body)] != body:
             split_off.append(n)
             continue
-        extend(before[len(body):], unmasked, [not _in_marker(s, e, layout.markers) for s, e in offsets[len(body):]])
+        extend(before[len(body) :], unmasked, [not _in_marker(s, e, layout.markers) for s, e in offsets[len(body) :]])
         extend(answer, True, [False] * len(answer))
         body = before + answer
     if layout.answers and len(split_off) == len(layout.answers):
@@ -191,16 +194,18 @@ def _alone(layout: _Layout, n: int) -> Rendered:
     return Rendered(tuple(segments), True, layout.rendered.notes)
 
 
-def encode_rows(rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True,
-                options: RenderOptions | None = None) -> EncodedSet:
+def encode_rows(
+    rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True, options: RenderOptions | None = None
+) -> EncodedSet:
     """Render and encode every row; apply the overflow policy; count everything; optionally diagnose traps."""
     options = options or render_options(recipe, tokenizer)
     control = control_pattern(options.control_tokens) if recipe.special_tokens_in_text == "plain" else None
     rendered, refused = render_rows(rows, tokenizer, recipe, options)
     layouts = [[_layout(r, control) for r in row_examples] for row_examples in rendered]
     with_offsets = recipe.on_overflow == "truncate_prompt"
-    results = tokenize_pieces(tokenizer, [p for row in layouts for layout in row for p in layout.pieces],
-                              offsets=with_offsets)
+    results = tokenize_pieces(
+        tokenizer, [p for row in layouts for layout in row for p in layout.pieces], offsets=with_offsets
+    )
     bos = _bos_prefix(tokenizer)
     stats = Stats(rows=len(rows.rows) + len(rows.skipped), max_length=recipe.max_length)
     for number, reason in sorted([*rows.skipped, *refused]):
@@ -231,13 +236,23 @@ def encode_rows(rows: Rows, tokenizer, recipe: Recipe, diagnose: bool = True,
             examples.append(encoded)
             stats.split_turns += layout.rendered.split
             if diagnose:
-                traps = list(_row_traps(layout.rendered, encoded.input_ids, encoded.labels, end_ids, tokenizer,
-                                        recipe, options, marker_ids))
+                traps = list(
+                    _row_traps(
+                        layout.rendered,
+                        encoded.input_ids,
+                        encoded.labels,
+                        end_ids,
+                        tokenizer,
+                        recipe,
+                        options,
+                        marker_ids,
+                    )
+                )
                 traps += [(note, "") for note in layout.rendered.notes]
                 for kind, detail in traps:
                     warnings.setdefault(kind, Warning(kind, detail=detail)).add(row.number)
                 if len(layout.answers) and not encoded.truncated:
-                    merge_candidates.append((row.number, layout, ids[len(prefix):]))
+                    merge_candidates.append((row.number, layout, ids[len(prefix) :]))
     if diagnose:
         for number in _merge_check(merge_candidates, tokenizer):
             warnings.setdefault("boundary_merge", Warning("boundary_merge")).add(number)
@@ -294,7 +309,6 @@ def _row_traps(rendered, ids, labels, end_ids, tokenizer, recipe, options, marke
     """Per-example whitespace, boundary and control-token traps: yields (kind, detail). `marker_ids` caches the
     tokenization of response markers across rows."""
     segments = rendered.segments
-    ends = options.stop_tokens
     # the row's own answer text (chat answers are template output, checked by the template's own rules)
     answers = "".join(s.text if s.kind == "answer" and s.plain else "\0" for s in segments).split("\0")
     for body in (a for a in answers if a) if recipe.template != "chat" else ():
@@ -339,6 +353,9 @@ def _merge_check(candidates, tokenizer) -> list[int]:
     a prompt/answer boundary."""
     if not candidates:
         return []
-    whole = tokenize_pieces(tokenizer, [_piece(layout.text, 0, len(layout.text), False, layout.literals)
-                                        for _, layout, _ in candidates], offsets=False)
+    whole = tokenize_pieces(
+        tokenizer,
+        [_piece(layout.text, 0, len(layout.text), False, layout.literals) for _, layout, _ in candidates],
+        offsets=False,
+    )
     return [number for (number, _, ours), (theirs, _) in zip(candidates, whole) if ours != theirs]

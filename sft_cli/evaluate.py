@@ -4,9 +4,8 @@ normalisation, answer contained), overall and per task family, for a run and opt
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sft_cli.data import load_rows, read_records
@@ -30,8 +29,11 @@ class Score:
 
     def as_dict(self) -> dict:
         n = self.examples or 1
-        return {"examples": self.examples, "exact_match": round(self.exact / n, 4),
-                "contains": round(self.contains / n, 4)}
+        return {
+            "examples": self.examples,
+            "exact_match": round(self.exact / n, 4),
+            "contains": round(self.contains / n, 4),
+        }
 
 
 @dataclass
@@ -45,9 +47,15 @@ class EvalResult:
     samples: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "loss": round(self.loss, 4), "perplexity": round(self.perplexity, 3),
-                "answer_tokens": self.answer_tokens, **self.overall.as_dict(),
-                "by_task": {k: v.as_dict() for k, v in sorted(self.by_task.items())}, "samples": self.samples}
+        return {
+            "model": self.model,
+            "loss": round(self.loss, 4),
+            "perplexity": round(self.perplexity, 3),
+            "answer_tokens": self.answer_tokens,
+            **self.overall.as_dict(),
+            "by_task": {k: v.as_dict() for k, v in sorted(self.by_task.items())},
+            "samples": self.samples,
+        }
 
 
 def normalise(text: str) -> str:
@@ -61,12 +69,19 @@ def normalise(text: str) -> str:
 def eval_recipe(run_dir: Path, data: Path) -> Recipe:
     """The run's template and length limit, masked loss, over the given rows."""
     info = run_info(run_dir)
-    return Recipe.model_validate({
-        "model": info["base_model"], "data": {"path": str(data)}, "template": info["template"],
-        "loss": "masked", "loss_turns": info.get("loss_turns", "all"), "max_length": info.get("max_length", 1024),
-        "on_overflow": "truncate_prompt", "chat": info.get("chat") or {},
-        "special_tokens_in_text": info.get("special_tokens_in_text", "plain"),
-    })
+    return Recipe.model_validate(
+        {
+            "model": info["base_model"],
+            "data": {"path": str(data)},
+            "template": info["template"],
+            "loss": "masked",
+            "loss_turns": info.get("loss_turns", "all"),
+            "max_length": info.get("max_length", 1024),
+            "on_overflow": "truncate_prompt",
+            "chat": info.get("chat") or {},
+            "special_tokens_in_text": info.get("special_tokens_in_text", "plain"),
+        }
+    )
 
 
 def expected_answer(fields: dict) -> str:
@@ -90,15 +105,23 @@ def answer_loss(run: LoadedRun, examples, batch_size: int = 16) -> tuple[float, 
         with torch.no_grad():
             logits = run.model(input_ids=ids, attention_mask=mask.to(run.model.device)).logits.float()
         shifted = labels[:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1),
-                                                   reduction="sum", ignore_index=IGNORE)
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1), reduction="sum", ignore_index=IGNORE
+        )
         total += losses.item()
         count += int((shifted != IGNORE).sum())
     return total / max(count, 1), count
 
 
-def evaluate(run_dir: Path, data: Path, base: bool = False, limit: int | None = None,
-             sampling: Sampling = Sampling(max_new_tokens=64), samples: int = 5, on_batch=None) -> EvalResult:
+def evaluate(
+    run_dir: Path,
+    data: Path,
+    base: bool = False,
+    limit: int | None = None,
+    sampling: Sampling = Sampling(max_new_tokens=64),
+    samples: int = 5,
+    on_batch=None,
+) -> EvalResult:
     """Score one model (the run's, or its base with `base`) on the rows of `data`."""
     run = load_run(run_dir, base=base)
     recipe = eval_recipe(run_dir, data)

@@ -37,8 +37,10 @@ class Sampling:
 def run_info(run_dir: Path) -> dict:
     path = Path(run_dir) / TEMPLATE_FILE
     if not path.exists():
-        raise SftError(f"{run_dir}: not an sft run folder (no {TEMPLATE_FILE})",
-                       hint="give a folder written by `sft train` or `sft merge`")
+        raise SftError(
+            f"{run_dir}: not an sft run folder (no {TEMPLATE_FILE})",
+            hint="give a folder written by `sft train` or `sft merge`",
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -54,9 +56,12 @@ def run_options(info: dict, tokenizer):
 
     chat = info.get("chat") or {}
     return RenderOptions(
-        loss_turns=info.get("loss_turns", "all"), unmasked=info.get("loss") == "unmasked",
-        stop_tokens=tuple(info.get("stop_tokens") or stop_tokens(tokenizer)), control_tokens=control_tokens(tokenizer),
-        system_message=chat.get("system_message", "keep"), train_reasoning=chat.get("train_reasoning", True),
+        loss_turns=info.get("loss_turns", "all"),
+        unmasked=info.get("loss") == "unmasked",
+        stop_tokens=tuple(info.get("stop_tokens") or stop_tokens(tokenizer)),
+        control_tokens=control_tokens(tokenizer),
+        system_message=chat.get("system_message", "keep"),
+        train_reasoning=chat.get("train_reasoning", True),
         template_kwargs=tuple(sorted((chat.get("template_kwargs") or {}).items())),
     )
 
@@ -86,8 +91,15 @@ def load_run(run_dir: Path, base: bool = False):
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
-    return LoadedRun(model, tokenizer, template_of(info), run_options(info, tokenizer),
-                     info.get("special_tokens_in_text", "plain"), base_spec, is_lora)
+    return LoadedRun(
+        model,
+        tokenizer,
+        template_of(info),
+        run_options(info, tokenizer),
+        info.get("special_tokens_in_text", "plain"),
+        base_spec,
+        is_lora,
+    )
 
 
 def prompt_token_ids(run: LoadedRun, row: dict) -> list[int]:
@@ -105,8 +117,9 @@ def stop_ids(run: LoadedRun) -> list[int]:
     return sorted({i for i in ids if i is not None and i >= 0})
 
 
-def generate(run: LoadedRun, rows: list[dict], sampling: Sampling = Sampling(), batch_size: int = 16,
-             on_batch=None) -> list[str]:
+def generate(
+    run: LoadedRun, rows: list[dict], sampling: Sampling = Sampling(), batch_size: int = 16, on_batch=None
+) -> list[str]:
     """Answers for rows, in order; batches are left-padded so every prompt ends where generation starts."""
     import torch
 
@@ -122,9 +135,14 @@ def generate(run: LoadedRun, rows: list[dict], sampling: Sampling = Sampling(), 
         if sampling.temperature > 0:
             options.update(temperature=sampling.temperature, top_p=sampling.top_p)
         with torch.no_grad():
-            output = model.generate(input_ids=input_ids, attention_mask=attention,
-                                    max_new_tokens=sampling.max_new_tokens, eos_token_id=stop_ids(run),
-                                    pad_token_id=pad, **options)
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=sampling.max_new_tokens,
+                eos_token_id=stop_ids(run),
+                pad_token_id=pad,
+                **options,
+            )
         for sequence in output[:, width:]:
             answers.append(tokenizer.decode(sequence, skip_special_tokens=True).strip())
         if on_batch:

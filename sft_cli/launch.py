@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -31,10 +30,11 @@ def check_accelerate_config(path: Path, cuda: bool) -> None:
             f"{path}: distributed_type {config['distributed_type']} needs CUDA GPUs, and none is available: "
             f"accelerate runs {GPU_ONLY[kind]} only on GPU backends and would start plain data-parallel (DDP) "
             f"processes on CPU instead",
-            hint="on CPU, drop --accelerate-config: `--num-processes N` runs data-parallel over gloo")
+            hint="on CPU, drop --accelerate-config: `--num-processes N` runs data-parallel over gloo",
+        )
 
 
-def launch_processes(num_processes: int, accelerate_config: Optional[Path]) -> int:
+def launch_processes(num_processes: int, accelerate_config: Path | None) -> int:
     """Run this very command again in N processes and return their exit code. Without a config: torchrun on
     CPU, where accelerate's own CPU launcher needs MPI; `accelerate launch --multi_gpu` on GPUs."""
     import torch
@@ -55,6 +55,12 @@ def launch_processes(num_processes: int, accelerate_config: Optional[Path]) -> i
         command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
         command += ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",  # a free port, one machine
-                   "--nproc_per_node", str(num_processes)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",  # a free port, one machine
+            "--nproc_per_node",
+            str(num_processes),
+        ]
     return subprocess.call([*command, "-m", "sft_cli", *args])

@@ -34,8 +34,8 @@ def load_tokenizer(recipe: Recipe):
     """The recipe's tokenizer, with the template's special tokens and a pad token added."""
     from transformers import AutoTokenizer
 
-    from sft_cli.encode import prepare_tokenizer
     from sft_cli.chat import check_chat_template
+    from sft_cli.encode import prepare_tokenizer
 
     name, kwargs = model_location(recipe.model)
     try:

@@ -16,8 +16,10 @@ def merge_run(run_dir: Path, output: Path, overwrite: bool = False) -> Path:
     run_dir, output = Path(run_dir), Path(output)
     info = run_info(run_dir)
     if not (run_dir / "adapter_config.json").exists():
-        raise SftError(f"{run_dir} is not a LoRA run: its model is already a full model",
-                       hint="load it directly; there is nothing to merge")
+        raise SftError(
+            f"{run_dir} is not a LoRA run: its model is already a full model",
+            hint="load it directly; there is nothing to merge",
+        )
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise SftError(f"{output} already exists", hint="pick another --output, or pass --overwrite")
     run = load_run(run_dir)

@@ -107,8 +107,10 @@ def fingerprint(recipe: Recipe, split: str, tokenizer, options) -> str:
         "source": source_identity(source_of(recipe, split), data.split),
         "data": data.model_dump(exclude={"cache_dir", "num_proc"}),
         "seed": recipe.training.seed if data.eval_fraction else None,
-        "recipe": recipe.model_dump(include={"template", "loss", "loss_turns", "max_length", "on_overflow",
-                                             "special_tokens_in_text", "chat"}, mode="json"),
+        "recipe": recipe.model_dump(
+            include={"template", "loss", "loss_turns", "max_length", "on_overflow", "special_tokens_in_text", "chat"},
+            mode="json",
+        ),
         "tokenizer": _tokenizer_identity(tokenizer, options),
         "sft": _code_version(),
     }
@@ -124,8 +126,16 @@ def load_prepared(folder: Path, split: str, fp: str) -> Prepared | None:
     return Prepared(split, folder, Stats.from_json(saved["stats"]), warnings, True, fp)
 
 
-def prepare_split(recipe: Recipe, tokenizer, split: str = "train", *, cache: bool = True, root: Path | None = None,
-                  num_proc: int | None = None, progress: Progress | None = None) -> Prepared:
+def prepare_split(
+    recipe: Recipe,
+    tokenizer,
+    split: str = "train",
+    *,
+    cache: bool = True,
+    root: Path | None = None,
+    num_proc: int | None = None,
+    progress: Progress | None = None,
+) -> Prepared:
     """The prepared dataset of a split: read from the cache when an identical one was built before, else encoded
     now (and cached, unless `cache` is False: then it goes to a temporary folder under `root`)."""
     from sft_cli.templates import render_options
@@ -142,8 +152,9 @@ def prepare_split(recipe: Recipe, tokenizer, split: str = "train", *, cache: boo
     aside = Path(tempfile.mkdtemp(prefix=f"{fp}.partial-", dir=root))
     try:
         stats, warnings = _encode_to(aside, recipe, tokenizer, split, options, num_proc, progress or Progress())
-        (aside / STATS_FILE).write_text(json.dumps({
-            "stats": stats.to_json(), "warnings": [w.as_dict() for w in warnings]}), encoding="utf-8")
+        (aside / STATS_FILE).write_text(
+            json.dumps({"stats": stats.to_json(), "warnings": [w.as_dict() for w in warnings]}), encoding="utf-8"
+        )
         if not cache:
             return Prepared(split, aside, stats, warnings, False, fp)
         shutil.rmtree(folder, ignore_errors=True)
@@ -184,8 +195,14 @@ def _encode_to(folder: Path, recipe, tokenizer, split, options, num_proc, progre
 def _schema():
     import pyarrow as pa
 
-    return pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("row", pa.int64()),
-                      ("truncated", pa.bool_())])
+    return pa.schema(
+        [
+            ("input_ids", pa.list_(pa.int32())),
+            ("labels", pa.list_(pa.int32())),
+            ("row", pa.int64()),
+            ("truncated", pa.bool_()),
+        ]
+    )
 
 
 def _encoded_batches(recipe, tokenizer, split, options, workers: int):
@@ -200,8 +217,9 @@ def _encoded_batches(recipe, tokenizer, split, options, workers: int):
 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # each worker is one core; no threads after fork
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(tokenizer, recipe, options)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_init, initargs=(tokenizer, recipe, options)
+    ) as pool:
         pending: deque = deque()
         for rows in batches:
             pending.append(pool.submit(_worker_encode, rows))
@@ -230,10 +248,13 @@ def _encode_batch(rows, tokenizer, recipe, options):
 
     encoded = encode_rows(rows, tokenizer, recipe, diagnose=True, options=options)
     examples = encoded.examples
-    batch = pa.record_batch([
-        pa.array([e.input_ids for e in examples], pa.list_(pa.int32())),
-        pa.array([e.labels for e in examples], pa.list_(pa.int32())),
-        pa.array([e.row for e in examples], pa.int64()),
-        pa.array([e.truncated for e in examples], pa.bool_()),
-    ], schema=_schema())
+    batch = pa.record_batch(
+        [
+            pa.array([e.input_ids for e in examples], pa.list_(pa.int32())),
+            pa.array([e.labels for e in examples], pa.list_(pa.int32())),
+            pa.array([e.row for e in examples], pa.int64()),
+            pa.array([e.truncated for e in examples], pa.bool_()),
+        ],
+        schema=_schema(),
+    )
     return batch, encoded.stats, encoded.warnings

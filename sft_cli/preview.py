@@ -48,8 +48,13 @@ class Preview:
         """The stable `sft preview --json` contract."""
         return {
             "examples": [
-                {"index": v.example.row, "text": v.example.text, "input_ids": v.example.input_ids,
-                 "labels": v.example.labels, "truncated": v.example.truncated}
+                {
+                    "index": v.example.row,
+                    "text": v.example.text,
+                    "input_ids": v.example.input_ids,
+                    "labels": v.example.labels,
+                    "truncated": v.example.truncated,
+                }
                 for v in self.shown
             ],
             "stats": {**self.stats.as_dict(), "split": self.split, "cached": self.prepared.cached},
@@ -59,15 +64,17 @@ class Preview:
 
 def token_view(example: Encoded, tokenizer) -> list[Token]:
     special = set(tokenizer.all_special_ids) | {
-        i for i, t in tokenizer.added_tokens_decoder.items() if getattr(t, "special", False)}
+        i for i, t in tokenizer.added_tokens_decoder.items() if getattr(t, "special", False)
+    }
     return [
         Token(i, tokenizer.decode([i]), label != IGNORE, i in special)
         for i, label in zip(example.input_ids, example.labels)
     ]
 
 
-def first_examples(recipe: Recipe, tokenizer, split: str = "train", limit: int = 3,
-                   index: int | None = None) -> list[Encoded]:
+def first_examples(
+    recipe: Recipe, tokenizer, split: str = "train", limit: int = 3, index: int | None = None
+) -> list[Encoded]:
     """The first `limit` examples of a split (or those of row `index`), encoding only the rows it reads."""
     size = max(limit, 1) if index is None else 1000
     shown: list[Encoded] = []
@@ -80,21 +87,32 @@ def first_examples(recipe: Recipe, tokenizer, split: str = "train", limit: int =
                 continue
             encoded = encode_rows(rows, tokenizer, recipe, diagnose=False)
             if not encoded.examples:
-                raise SftError(f"row {index} was dropped by on_overflow: {recipe.on_overflow}",
-                               hint="raise max_length or use on_overflow: truncate_prompt")
+                raise SftError(
+                    f"row {index} was dropped by on_overflow: {recipe.on_overflow}",
+                    hint="raise max_length or use on_overflow: truncate_prompt",
+                )
             return encoded.examples
         if len(shown) >= limit:
             break
         shown += encode_rows(rows, tokenizer, recipe, diagnose=False).examples
     if index is not None:
-        raise SftError(f"no row {index} in {source or recipe.data.path} ({split} split)",
-                       hint="rows are numbered from 1; `sft preview` shows the split's row count")
+        raise SftError(
+            f"no row {index} in {source or recipe.data.path} ({split} split)",
+            hint="rows are numbered from 1; `sft preview` shows the split's row count",
+        )
     return shown[:limit]
 
 
-def build_preview(recipe: Recipe, split: str = "train", limit: int = 3, index: int | None = None, *,
-                  cache: bool = True, progress: Progress | None = None,
-                  on_examples: Callable[[list[ExampleView]], None] | None = None) -> Preview:
+def build_preview(
+    recipe: Recipe,
+    split: str = "train",
+    limit: int = 3,
+    index: int | None = None,
+    *,
+    cache: bool = True,
+    progress: Progress | None = None,
+    on_examples: Callable[[list[ExampleView]], None] | None = None,
+) -> Preview:
     """The examples to show (handed to `on_examples` as soon as they are encoded), then the split's prepared
     dataset for the stats."""
     tokenizer = load_tokenizer(recipe)

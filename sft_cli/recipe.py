@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -45,10 +45,7 @@ def _known_template(name: str) -> str:
 
 
 TemplateSpec = Annotated[
-    Union[
-        Annotated[Annotated[str, AfterValidator(_known_template)], Tag("name")],
-        Annotated[CustomTemplate, Tag("custom")],
-    ],
+    Annotated[Annotated[str, AfterValidator(_known_template)], Tag("name")] | Annotated[CustomTemplate, Tag("custom")],
     Discriminator(lambda value: "custom" if isinstance(value, (dict, CustomTemplate)) else "name"),
 ]
 
@@ -169,7 +166,7 @@ class Recipe(Section):
         return raw
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Recipe":
+    def _consistent(self) -> Recipe:
         problems = []
         data, training = self.data, self.training
         if data.eval_path and data.eval_fraction:
@@ -380,7 +377,8 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         update={
             "path": _resolve_local(base, recipe.data.path, DATA_SUFFIXES),
             "eval_path": _resolve_local(base, recipe.data.eval_path, DATA_SUFFIXES),
-            "cache_dir": str((base / Path(recipe.data.cache_dir).expanduser()).resolve()) if recipe.data.cache_dir
+            "cache_dir": str((base / Path(recipe.data.cache_dir).expanduser()).resolve())
+            if recipe.data.cache_dir
             else None,
         }
     )
@@ -394,8 +392,11 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
 def _check_files(recipe: Recipe, source: str) -> None:
     """Local files the recipe names must exist; hub ids cannot be checked offline and are left alone."""
     problems = []
-    for key, value in (("model.name", recipe.model.name), ("data.path", recipe.data.path),
-                       ("data.eval_path", recipe.data.eval_path)):
+    for key, value in (
+        ("model.name", recipe.model.name),
+        ("data.path", recipe.data.path),
+        ("data.eval_path", recipe.data.eval_path),
+    ):
         if value and Path(value).is_absolute() and not Path(value).exists():
             problems.append(f"{key}: not found: {value}")
     if problems:

@@ -45,8 +45,15 @@ def token_text(tokens: list[Token], show_ids: bool) -> Text:
 
 def render_examples(console: Console, shown, show_ids: bool = False) -> None:
     console.print(
-        Text.assemble("legend: ", ("⟦trained⟧", TRAINED_STYLE), " ", ("masked", MASKED_STYLE), " ",
-                      ("<special>", SPECIAL_STYLE), "  · space  ↵ newline  → tab  | token boundary")
+        Text.assemble(
+            "legend: ",
+            ("⟦trained⟧", TRAINED_STYLE),
+            " ",
+            ("masked", MASKED_STYLE),
+            " ",
+            ("<special>", SPECIAL_STYLE),
+            "  · space  ↵ newline  → tab  | token boundary",
+        )
     )
     for view in shown:
         e = view.example
@@ -70,8 +77,10 @@ def render_stats(console: Console, prepared) -> None:
     table.add_row("dropped (overflow / nothing trained)", f"{stats.dropped:,}")
     table.add_row("truncated", f"{stats.truncated:,}")
     table.add_row("skipped bad rows", f"{stats.skipped:,}")
-    table.add_row("tokens per example (mean / max / max_length)",
-                  f"{stats.mean_tokens:.1f} / {stats.max_tokens} / {stats.max_length}")
+    table.add_row(
+        "tokens per example (mean / max / max_length)",
+        f"{stats.mean_tokens:.1f} / {stats.max_tokens} / {stats.max_length}",
+    )
     table.add_row("trained tokens", f"{stats.trained_tokens:,} of {stats.total_tokens:,} ({stats.trained_share:.1%})")
     console.print(table)
     render_histogram(console, stats.histogram())
@@ -81,8 +90,11 @@ def render_stats(console: Console, prepared) -> None:
         more = warning.count - min(5, len(warning.rows))
         rows = ", ".join(map(str, warning.rows[:5])) + (f" (+{more:,} more)" if more > 0 else "")
         detail = f" [{escape(warning.detail)}]" if warning.detail else ""
-        console.print(f"[yellow]warning:[/] {warning.kind}: {warning.message}. rows {rows}{detail}", highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"[yellow]warning:[/] {warning.kind}: {warning.message}. rows {rows}{detail}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def render_histogram(console: Console, histogram: dict, width: int = 32) -> None:
@@ -104,13 +116,20 @@ def render_plan(console: Console, plan) -> None:
     table.add_column()
     for key, value in plan.as_dict().items():
         if key == "prepared":
-            value = ", ".join(f"{split} {'from the cache' if v['cached'] else 'encoded now'} ({v['folder']})"
-                              for split, v in value.items())
+            value = ", ".join(
+                f"{split} {'from the cache' if v['cached'] else 'encoded now'} ({v['folder']})"
+                for split, v in value.items()
+            )
         if key == "batching":
-            value = (f"{value['layout']}, {value['tokens_per_step']:,.0f} tokens and {value['examples_per_step']:g} "
-                     f"examples per step and process, padding {value['padding_share']:.1%}"
-                     + (f", packing efficiency {value['packing_efficiency']:.1%}"
-                        if value["packing_efficiency"] is not None else ""))
+            value = (
+                f"{value['layout']}, {value['tokens_per_step']:,.0f} tokens and {value['examples_per_step']:g} "
+                f"examples per step and process, padding {value['padding_share']:.1%}"
+                + (
+                    f", packing efficiency {value['packing_efficiency']:.1%}"
+                    if value["packing_efficiency"] is not None
+                    else ""
+                )
+            )
         shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
         table.add_row(key.replace("_", " "), shown)
     console.print(table)
@@ -122,16 +141,21 @@ def render_eval(console: Console, results) -> None:
     table.add_column("metric", style="bold")
     for result in results:
         table.add_column(result.model, justify="right")
-    rows = [("answer loss", lambda r: f"{r.loss:.4f}"), ("perplexity", lambda r: f"{r.perplexity:.2f}"),
-            ("exact match", lambda r: f"{r.overall.as_dict()['exact_match']:.1%}"),
-            ("answer contained", lambda r: f"{r.overall.as_dict()['contains']:.1%}"),
-            ("examples", lambda r: str(r.overall.examples))]
+    rows = [
+        ("answer loss", lambda r: f"{r.loss:.4f}"),
+        ("perplexity", lambda r: f"{r.perplexity:.2f}"),
+        ("exact match", lambda r: f"{r.overall.as_dict()['exact_match']:.1%}"),
+        ("answer contained", lambda r: f"{r.overall.as_dict()['contains']:.1%}"),
+        ("examples", lambda r: str(r.overall.examples)),
+    ]
     for name, value in rows:
         table.add_row(name, *[value(r) for r in results])
     tasks = sorted({t for r in results for t in r.by_task})
     for task in tasks:
-        table.add_row(f"  exact · {task}", *[
-            f"{r.by_task[task].as_dict()['exact_match']:.0%}" if task in r.by_task else "-" for r in results])
+        table.add_row(
+            f"  exact · {task}",
+            *[f"{r.by_task[task].as_dict()['exact_match']:.0%}" if task in r.by_task else "-" for r in results],
+        )
     console.print(table)
     samples = Table(title="answers", title_justify="left")
     samples.add_column("row")

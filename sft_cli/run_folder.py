@@ -39,8 +39,10 @@ def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple
     if resume:
         run_dir = run_dir or latest_run_dir(loaded)
         if run_dir is None or not run_dir.is_dir():
-            raise SftError(f"--resume: no run to resume for {loaded.path.name}",
-                           hint="set output.dir to the run folder, e.g. --set output.dir=runs/NAME")
+            raise SftError(
+                f"--resume: no run to resume for {loaded.path.name}",
+                hint="set output.dir to the run folder, e.g. --set output.dir=runs/NAME",
+            )
         checkpoint = last_checkpoint(run_dir)
         if checkpoint is None:
             raise SftError(f"--resume: {run_dir} has no checkpoint", hint="start afresh with --overwrite")
@@ -48,8 +50,10 @@ def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple
     run_dir = run_dir or default_run_dir(loaded)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            raise SftError(f"{run_dir} already holds a run",
-                           hint="--resume continues it from its last checkpoint; --overwrite replaces it")
+            raise SftError(
+                f"{run_dir} already holds a run",
+                hint="--resume continues it from its last checkpoint; --overwrite replaces it",
+            )
     return run_dir, None
 
 
@@ -59,9 +63,7 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-
-
-def finish(trainer, tokenizer, loaded: LoadedRecipe, result: "RunResult", wall: float, state: dict, by_rank: dict):
+def finish(trainer, tokenizer, loaded: LoadedRecipe, result: RunResult, wall: float, state: dict, by_rank: dict):
     """Save the final model atomically (aside, then moved in), the template, recipe, plot and run.json."""
     run_dir, recipe = result.run_dir, loaded.recipe
     if result.stop_reason != "interrupted":
@@ -102,10 +104,17 @@ def save_template(folder: Path, recipe: Recipe, tokenizer) -> None:
     from sft_cli.tokens import stop_tokens
 
     template = recipe.template if isinstance(recipe.template, str) else recipe.template.model_dump()
-    data = {"template": template, "loss": recipe.loss, "loss_turns": recipe.loss_turns,
-            "max_length": recipe.max_length, "chat": recipe.chat.model_dump(),
-            "special_tokens_in_text": recipe.special_tokens_in_text, "stop_tokens": list(stop_tokens(tokenizer)),
-            "base_model": recipe.model.model_dump(), "lora": bool(recipe.lora)}
+    data = {
+        "template": template,
+        "loss": recipe.loss,
+        "loss_turns": recipe.loss_turns,
+        "max_length": recipe.max_length,
+        "chat": recipe.chat.model_dump(),
+        "special_tokens_in_text": recipe.special_tokens_in_text,
+        "stop_tokens": list(stop_tokens(tokenizer)),
+        "base_model": recipe.model.model_dump(),
+        "lora": bool(recipe.lora),
+    }
     (folder / TEMPLATE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 

@@ -49,8 +49,10 @@ def open_dataset(path: str, split: str):
     try:
         return datasets.load_dataset(path, split=split)
     except Exception as exc:  # the hub raises many types; the user needs the reason, not the trace
-        raise DataError(f"{path}: cannot load from the Hugging Face hub: {exc}",
-                        hint="check the dataset id and your network, or point data.path at a local file") from None
+        raise DataError(
+            f"{path}: cannot load from the Hugging Face hub: {exc}",
+            hint="check the dataset id and your network, or point data.path at a local file",
+        ) from None
 
 
 def _dataset_records(dataset) -> Iterator[tuple[int, dict]]:
@@ -66,8 +68,10 @@ def _decode(raw: bytes, path: Path, line: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
-                        hint=NOT_UTF8_HINT) from None
+        raise DataError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+            hint=NOT_UTF8_HINT,
+        ) from None
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -91,7 +95,9 @@ def _json(path: Path) -> Iterator[tuple[int, dict]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})", hint=NOT_UTF8_HINT) from None
+        raise DataError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})", hint=NOT_UTF8_HINT
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -99,7 +105,7 @@ def _json(path: Path) -> Iterator[tuple[int, dict]]:
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DataError(f"{path}: expected a list of objects (or {{\"data\": [...]}})")
+        raise DataError(f'{path}: expected a list of objects (or {{"data": [...]}})')
     yield from enumerate(data, 1)
 
 
@@ -107,7 +113,7 @@ def _lines(path: Path) -> Iterator[str]:
     """A text file's lines, decoded one by one, so a decoding error names its line."""
     with path.open("rb") as f:
         for line_number, raw in enumerate(f, 1):
-            yield _decode(raw[len(BOM):] if line_number == 1 and raw.startswith(BOM) else raw, path, line_number)
+            yield _decode(raw[len(BOM) :] if line_number == 1 and raw.startswith(BOM) else raw, path, line_number)
 
 
 def _csv(path: Path) -> Iterator[tuple[int, dict]]:
@@ -152,6 +158,9 @@ def source_identity(path: str, split: str) -> dict:
         return {"file": str(local.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if local.is_dir():
         files = sorted(p for p in local.rglob("*") if p.is_file())
-        return {"folder": str(local.resolve()), "split": split,
-                "files": [[str(p.relative_to(local)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+        return {
+            "folder": str(local.resolve()),
+            "split": split,
+            "files": [[str(p.relative_to(local)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+        }
     return {"hub": path, "split": split}

@@ -19,13 +19,21 @@ ALPACA_ROWS = [
     {"instruction": "Reverse the word.", "input": "stressed", "output": "desserts"},
 ]
 CHAT_ROWS = [
-    {"messages": [{"role": "user", "content": "What is the capital of Japan?"},
-                  {"role": "assistant", "content": "Tokyo."},
-                  {"role": "user", "content": "And of France?"},
-                  {"role": "assistant", "content": "Paris."}]},
-    {"messages": [{"role": "system", "content": "Answer in one word."},
-                  {"role": "user", "content": "Opposite of hot?"},
-                  {"role": "assistant", "content": "Cold."}]},
+    {
+        "messages": [
+            {"role": "user", "content": "What is the capital of Japan?"},
+            {"role": "assistant", "content": "Tokyo."},
+            {"role": "user", "content": "And of France?"},
+            {"role": "assistant", "content": "Paris."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "Opposite of hot?"},
+            {"role": "assistant", "content": "Cold."},
+        ]
+    },
 ]
 
 

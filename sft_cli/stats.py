@@ -28,8 +28,6 @@ WARNING_TEXT = {
 }
 
 
-
-
 @dataclass
 class Warning:
     """One kind of trap, the first rows that have it, and how many rows do."""
@@ -50,14 +48,19 @@ class Warning:
         if len(self.rows) < ROWS_KEPT:
             self.rows.append(row)
 
-    def merge(self, other: "Warning") -> None:
+    def merge(self, other: Warning) -> None:
         self.count += other.count
         self.rows = (self.rows + other.rows)[:ROWS_KEPT]
         self.detail = self.detail or other.detail
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "message": self.message, "rows": self.rows, "count": self.count,
-                "detail": self.detail}
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "rows": self.rows,
+            "count": self.count,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -99,9 +102,17 @@ class Stats:
         if len(self.skipped_rows) < ROWS_KEPT:
             self.skipped_rows.append((row, reason))
 
-    def merge(self, other: "Stats") -> None:
-        for name in ("rows", "examples", "dropped", "truncated", "skipped", "split_turns", "trained_tokens",
-                     "total_tokens"):
+    def merge(self, other: Stats) -> None:
+        for name in (
+            "rows",
+            "examples",
+            "dropped",
+            "truncated",
+            "skipped",
+            "split_turns",
+            "trained_tokens",
+            "total_tokens",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.max_tokens = max(self.max_tokens, other.max_tokens)
         self.max_length = self.max_length or other.max_length
@@ -117,10 +128,18 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "rows": self.rows, "examples": self.examples, "dropped": self.dropped, "truncated": self.truncated,
-            "skipped": self.skipped, "split_turns": self.split_turns, "trained_tokens": self.trained_tokens,
-            "total_tokens": self.total_tokens, "trained_share": round(self.trained_share, 4),
-            "mean_tokens": round(self.mean_tokens, 1), "max_tokens": self.max_tokens, "max_length": self.max_length,
+            "rows": self.rows,
+            "examples": self.examples,
+            "dropped": self.dropped,
+            "truncated": self.truncated,
+            "skipped": self.skipped,
+            "split_turns": self.split_turns,
+            "trained_tokens": self.trained_tokens,
+            "total_tokens": self.total_tokens,
+            "trained_share": round(self.trained_share, 4),
+            "mean_tokens": round(self.mean_tokens, 1),
+            "max_tokens": self.max_tokens,
+            "max_length": self.max_length,
             "histogram": self.histogram(),
         }
 
@@ -129,7 +148,7 @@ class Stats:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "Stats":
+    def from_json(cls, data: dict) -> Stats:
         data = dict(data)
         data["skipped_rows"] = [tuple(x) for x in data.get("skipped_rows", [])]
         return cls(**data)

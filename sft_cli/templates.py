@@ -81,9 +81,13 @@ def render_options(recipe: Recipe, tokenizer) -> RenderOptions:
 
     chat = recipe.chat
     return RenderOptions(
-        loss_turns=recipe.loss_turns, unmasked=recipe.loss == "unmasked", stop_tokens=stop_tokens(tokenizer),
-        control_tokens=control_tokens(tokenizer), system_message=chat.system_message,
-        train_reasoning=chat.train_reasoning, template_kwargs=tuple(sorted(chat.template_kwargs.items())),
+        loss_turns=recipe.loss_turns,
+        unmasked=recipe.loss == "unmasked",
+        stop_tokens=stop_tokens(tokenizer),
+        control_tokens=control_tokens(tokenizer),
+        system_message=chat.system_message,
+        train_reasoning=chat.train_reasoning,
+        template_kwargs=tuple(sorted(chat.template_kwargs.items())),
     )
 
 
@@ -161,8 +165,9 @@ def extra_special_tokens(template: str | CustomTemplate) -> list[str]:
     return []
 
 
-def render(template: str | CustomTemplate, row: dict, tokenizer: ChatTokenizer,
-           options: RenderOptions = RenderOptions()) -> list[Rendered]:
+def render(
+    template: str | CustomTemplate, row: dict, tokenizer: ChatTokenizer, options: RenderOptions = RenderOptions()
+) -> list[Rendered]:
     """The training examples of one normalised row (alpaca fields, or `messages`): one, except for chats whose
     template rewrites history (see chat.py)."""
     if template == "chat":
@@ -172,8 +177,9 @@ def render(template: str | CustomTemplate, row: dict, tokenizer: ChatTokenizer,
     return [_render_instruction_row(template, row, tokenizer.eos_token or "", True)]
 
 
-def render_prompt(template: str | CustomTemplate, row: dict, tokenizer: ChatTokenizer,
-                  options: RenderOptions = RenderOptions()) -> Rendered:
+def render_prompt(
+    template: str | CustomTemplate, row: dict, tokenizer: ChatTokenizer, options: RenderOptions = RenderOptions()
+) -> Rendered:
     """The inference prompt of a row: for chats, the generation prompt of the history before the last assistant
     turn (or of the whole chat when it ends with a user turn)."""
     if template == "chat":

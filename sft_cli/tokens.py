@@ -14,8 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Where the model ships no generation_config.json: tokens that end an assistant turn in common families.
-KNOWN_TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "<|return|>", "<|call|>",
-                   "<｜end▁of▁sentence｜>")
+KNOWN_TURN_ENDS = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<｜end▁of▁sentence｜>",
+)
 
 
 def _generation_config_eos(name_or_path: str) -> list[int] | None:
@@ -27,8 +35,12 @@ def _generation_config_eos(name_or_path: str) -> list[int] | None:
         else:
             from transformers.utils import cached_file
 
-            found = cached_file(name_or_path, "generation_config.json", _raise_exceptions_for_missing_entries=False,
-                                _raise_exceptions_for_connection_errors=False)
+            found = cached_file(
+                name_or_path,
+                "generation_config.json",
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
             if not found:
                 return None
             config = json.loads(Path(found).read_text(encoding="utf-8"))
@@ -141,11 +153,12 @@ def _run_jobs(tokenizer, jobs: list[tuple[str, bool, bool]], with_offsets: bool)
         for i, ids, offsets in zip(chosen, encoded["input_ids"], all_offsets):
             if jobs[i][1]:
                 if ids[: len(newline)] == newline:
-                    ids = ids[len(newline):]
-                    offsets = [(max(s - 1, 0), max(e - 1, 0)) for s, e in offsets[len(newline):]]
+                    ids = ids[len(newline) :]
+                    offsets = [(max(s - 1, 0), max(e - 1, 0)) for s, e in offsets[len(newline) :]]
                 else:  # the newline merged with the piece's own first characters: tokenize it alone
-                    alone = tokenizer(jobs[i][0], add_special_tokens=False, return_offsets_mapping=with_offsets,
-                                      **options)
+                    alone = tokenizer(
+                        jobs[i][0], add_special_tokens=False, return_offsets_mapping=with_offsets, **options
+                    )
                     ids, offsets = alone["input_ids"], alone["offset_mapping"] if with_offsets else []
             results[i] = (list(ids), offsets)
     return results

@@ -110,7 +110,7 @@ def trainer_arg_names() -> set[str]:
 # --- the run ------------------------------------------------------------------------------------------
 
 
-def prepared_splits(recipe: Recipe, tokenizer, distributed, no_cache: bool, reporter: "Reporter"):
+def prepared_splits(recipe: Recipe, tokenizer, distributed, no_cache: bool, reporter: Reporter):
     """The train (and eval) prepared datasets. The main process encodes (or finds the cache) first; the others
     then read what it wrote, so a multi-process run encodes once. With `no_cache` the main process encodes into a
     temporary folder that every rank reads and the main process removes at the end."""
@@ -126,8 +126,9 @@ def prepared_splits(recipe: Recipe, tokenizer, distributed, no_cache: bool, repo
     with distributed.main_process_first():
         for split in splits:
             progress = reporter.encoding(split) if distributed.is_main_process else Progress()
-            prepared[split] = prepare_split(recipe, tokenizer, split, cache=not no_cache, root=root[0],
-                                            progress=progress)
+            prepared[split] = prepare_split(
+                recipe, tokenizer, split, cache=not no_cache, root=root[0], progress=progress
+            )
     return prepared, root[0]
 
 
@@ -197,8 +198,12 @@ def lora_model(model, recipe: Recipe, new_token_ids: list[int]):
         names = {module: name for name, module in model.named_modules()}
         trainable_tokens = {names[model.get_input_embeddings()].split(".")[-1]: list(new_token_ids)}
     config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        task_type="CAUSAL_LM", trainable_token_indices=trainable_tokens,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+        trainable_token_indices=trainable_tokens,
     )
     peft_model = get_peft_model(model, config)
     output = peft_model.get_output_embeddings()
@@ -222,8 +227,12 @@ def quantization(recipe: Recipe):
         raise SftError("lora.load_in_4bit needs bitsandbytes", hint="pip install bitsandbytes") from None
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-                              bnb_4bit_use_double_quant=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
 
 
 @dataclass
@@ -256,8 +265,14 @@ class Session:
 
 
 def prepare(
-    loaded: LoadedRecipe, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
-    reporter: Reporter | None = None, stop_at_step: int | None = None, no_cache: bool = False,
+    loaded: LoadedRecipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    reporter: Reporter | None = None,
+    stop_at_step: int | None = None,
+    no_cache: bool = False,
 ) -> Session:
     """Load and check everything that can fail before the first step; build the trainer unless dry_run.
     `stop_at_step` delivers a real Ctrl-C at that step (tests of interrupt and resume use it)."""
@@ -287,22 +302,40 @@ def prepare(
     prepared, temporary = prepared_splits(recipe, tokenizer, distributed, no_cache, reporter)
     train_set, eval_set = prepared["train"], prepared.get("eval")
     if not train_set.stats.examples:
-        raise SftError("no training examples left after encoding",
-                       hint="run `sft preview` to see why rows were dropped (max_length, on_overflow)")
+        raise SftError(
+            "no training examples left after encoding",
+            hint="run `sft preview` to see why rows were dropped (max_length, on_overflow)",
+        )
     world = distributed.num_processes
     t = recipe.training
     train_rows = train_set.dataset().remove_columns(["truncated"])  # memory-mapped, opened once
-    batch_plan, bins = plan_batches(sequence_lengths(train_rows), t.batch_size,
-                                    t.gradient_accumulation_steps, layout(recipe), recipe.max_length, t.seed)
+    batch_plan, bins = plan_batches(
+        sequence_lengths(train_rows),
+        t.batch_size,
+        t.gradient_accumulation_steps,
+        layout(recipe),
+        recipe.max_length,
+        t.seed,
+    )
     per_step = t.batch_size * t.gradient_accumulation_steps * world
     steps = t.max_steps or max(1, int(-(-batch_plan.items // per_step) * t.epochs))
     plan = Plan(
-        run_dir=run_dir, device=device, precision=precision, world_size=world,
-        train_examples=train_set.stats.examples, eval_examples=eval_set.stats.examples if eval_set else 0,
-        train_tokens=train_set.stats.total_tokens, trained_tokens=train_set.stats.trained_tokens, steps=steps,
-        dropped=train_set.stats.dropped, truncated=train_set.stats.truncated, resume_from=resume_from,
-        prepared={split: {"fingerprint": p.fingerprint, "cached": p.cached, "folder": str(p.folder)}
-                  for split, p in prepared.items()},
+        run_dir=run_dir,
+        device=device,
+        precision=precision,
+        world_size=world,
+        train_examples=train_set.stats.examples,
+        eval_examples=eval_set.stats.examples if eval_set else 0,
+        train_tokens=train_set.stats.total_tokens,
+        trained_tokens=train_set.stats.trained_tokens,
+        steps=steps,
+        dropped=train_set.stats.dropped,
+        truncated=train_set.stats.truncated,
+        resume_from=resume_from,
+        prepared={
+            split: {"fingerprint": p.fingerprint, "cached": p.cached, "folder": str(p.folder)}
+            for split, p in prepared.items()
+        },
         batching=batch_plan.__dict__,
     )
     # fp16 mixed precision keeps fp32 master weights; bf16 trains in bf16
@@ -314,8 +347,16 @@ def prepare(
         model = lora_model(model, recipe, tokenizer.convert_tokens_to_ids(plan.new_tokens))
     plan.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     plan.total_parameters = sum(p.numel() for p in model.parameters())
-    session = Session(loaded, plan, tokenizer, is_main=distributed.is_main_process, overwrite=overwrite,
-                      reporter=reporter, temporary=temporary, loaded_attention=loaded_attention)
+    session = Session(
+        loaded,
+        plan,
+        tokenizer,
+        is_main=distributed.is_main_process,
+        overwrite=overwrite,
+        reporter=reporter,
+        temporary=temporary,
+        loaded_attention=loaded_attention,
+    )
     if dry_run:
         session.discard_temporary()
         return session
@@ -327,7 +368,8 @@ def prepare(
     session.state = {"stop_at_step": stop_at_step}
     session.collator = Collator(tokenizer.pad_token_id, padding_free=t.padding_free, source=train_rows)
     session.trainer = SftTrainer(
-        model=model, fused_loss=not no_gpu(),
+        model=model,
+        fused_loss=not no_gpu(),
         args=sft_config(recipe, run_dir, precision, eval_set is not None, t.padding_free),
         train_dataset=bins_dataset(bins) if bins is not None else train_rows,
         eval_dataset=eval_set.dataset().remove_columns(["truncated"]) if eval_set else None,
@@ -348,15 +390,16 @@ def run(session: Session, argv: list[str] | None = None) -> RunResult:
         if run_dir.exists() and session.overwrite and not plan.resume_from:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        reporter.note(f"run folder {run_dir} | {plan.device} | {plan.precision} | {plan.train_examples} examples | "
-                      f"{plan.steps} steps | {plan.trainable_parameters:,} trainable parameters")
+        reporter.note(
+            f"run folder {run_dir} | {plan.device} | {plan.precision} | {plan.train_examples} examples | "
+            f"{plan.steps} steps | {plan.trainable_parameters:,} trainable parameters"
+        )
     distributed_state().wait_for_everyone()
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=plan.resume_from)
     wall = time.perf_counter() - started
     rows_by_rank = distributed_rows(session.collator.first_rows)
-    prepared_by_rank = gathered({split: "cache" if p["cached"] else "encoded"
-                                 for split, p in plan.prepared.items()})
+    prepared_by_rank = gathered({split: "cache" if p["cached"] else "encoded" for split, p in plan.prepared.items()})
 
     if session.state.get("interrupted"):
         stop_reason = "interrupted"
@@ -372,8 +415,15 @@ def run(session: Session, argv: list[str] | None = None) -> RunResult:
         result.resume_command = command
     restore_attention(trainer.model, session.loaded_attention)
     if session.is_main:
-        finish(trainer, session.tokenizer, loaded, result, wall, session.state,
-               {"first_batch_rows_by_rank": rows_by_rank, "prepared_by_rank": prepared_by_rank})
+        finish(
+            trainer,
+            session.tokenizer,
+            loaded,
+            result,
+            wall,
+            session.state,
+            {"first_batch_rows_by_rank": rows_by_rank, "prepared_by_rank": prepared_by_rank},
+        )
     distributed_state().wait_for_everyone()
     session.discard_temporary()
     return result
@@ -397,5 +447,3 @@ def gathered(value) -> list:
     from accelerate.utils import gather_object
 
     return gather_object([value])
-
-

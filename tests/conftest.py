@@ -57,9 +57,15 @@ ALPACA_ROWS = [
     {"instruction": "Add the numbers.", "input": "12 and 30", "output": "42"},
 ]
 CHAT_ROWS = [
-    {"messages": [{"role": "system", "content": "Be brief."},
-                  {"role": "user", "content": "Capital of Japan?"}, {"role": "assistant", "content": "Tokyo."},
-                  {"role": "user", "content": "And France?"}, {"role": "assistant", "content": "Paris."}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital of Japan?"},
+            {"role": "assistant", "content": "Tokyo."},
+            {"role": "user", "content": "And France?"},
+            {"role": "assistant", "content": "Paris."},
+        ]
+    },
     {"messages": [{"role": "user", "content": "Opposite of hot?"}, {"role": "assistant", "content": "Cold."}]},
 ]
 

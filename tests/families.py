@@ -27,36 +27,126 @@ class Family:
 
 
 FAMILIES = {
-    f.name: f for f in [
-        Family("qwen2.5", "Qwen-Qwen2.5-7B-Instruct.jinja", None, "<|im_end|>",
-               ("<|im_start|>", "<|im_end|>", "<|endoftext|>"), ("<|im_end|>", "<|endoftext|>"),
-               ("<tool_call>", "</tool_call>")),
-        Family("qwen3", "Qwen-Qwen3-0.6B.jinja", None, "<|im_end|>",
-               ("<|im_start|>", "<|im_end|>", "<|endoftext|>"), ("<|im_end|>", "<|endoftext|>"),
-               ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")),
-        Family("llama3.1", "meta-llama-Llama-3.1-8B-Instruct.jinja", "<|begin_of_text|>", "<|eot_id|>",
-               ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-                "<|eom_id|>", "<|python_tag|>"), ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")),
-        Family("gemma2", "google-gemma-2-2b-it.jinja", "<bos>", "<eos>",
-               ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"), ("<eos>", "<end_of_turn>")),
-        Family("mistral-nemo", "mistralai-Mistral-Nemo-Instruct-2407.jinja", "<s>", "</s>",
-               ("<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]",
-                "[TOOL_RESULTS]", "[/TOOL_RESULTS]"), ("</s>",)),
-        Family("phi3.5", "microsoft-Phi-3.5-mini-instruct.jinja", "<s>", "<|endoftext|>",
-               ("<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
-               ("<|end|>", "<|assistant|>", "<|endoftext|>")),
-        Family("gpt-oss", "openai-gpt-oss-120b.jinja", "<|startoftext|>", "<|return|>",
-               ("<|startoftext|>", "<|endoftext|>", "<|start|>", "<|end|>", "<|message|>", "<|channel|>",
-                "<|return|>", "<|call|>", "<|constrain|>"), ("<|return|>", "<|endoftext|>", "<|call|>")),
-        Family("deepseek-r1", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "<｜begin▁of▁sentence｜>",
-               "<｜end▁of▁sentence｜>",
-               ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>",
-                "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>",
-                "<｜tool▁sep｜>", "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>", "<｜tool▁output▁begin｜>",
-                "<｜tool▁output▁end｜>"), ("<｜end▁of▁sentence｜>",), ("<think>", "</think>")),
-        Family("smollm3", "HuggingFaceTB-SmolLM3-3B.jinja", None, "<|im_end|>",
-               ("<|im_start|>", "<|im_end|>", "<|endoftext|>"), ("<|im_end|>", "<|endoftext|>"),
-               ("<think>", "</think>")),
+    f.name: f
+    for f in [
+        Family(
+            "qwen2.5",
+            "Qwen-Qwen2.5-7B-Instruct.jinja",
+            None,
+            "<|im_end|>",
+            ("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
+            ("<|im_end|>", "<|endoftext|>"),
+            ("<tool_call>", "</tool_call>"),
+        ),
+        Family(
+            "qwen3",
+            "Qwen-Qwen3-0.6B.jinja",
+            None,
+            "<|im_end|>",
+            ("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
+            ("<|im_end|>", "<|endoftext|>"),
+            ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"),
+        ),
+        Family(
+            "llama3.1",
+            "meta-llama-Llama-3.1-8B-Instruct.jinja",
+            "<|begin_of_text|>",
+            "<|eot_id|>",
+            (
+                "<|begin_of_text|>",
+                "<|end_of_text|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+                "<|eom_id|>",
+                "<|python_tag|>",
+            ),
+            ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"),
+        ),
+        Family(
+            "gemma2",
+            "google-gemma-2-2b-it.jinja",
+            "<bos>",
+            "<eos>",
+            ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
+            ("<eos>", "<end_of_turn>"),
+        ),
+        Family(
+            "mistral-nemo",
+            "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+            "<s>",
+            "</s>",
+            (
+                "<s>",
+                "</s>",
+                "[INST]",
+                "[/INST]",
+                "[AVAILABLE_TOOLS]",
+                "[/AVAILABLE_TOOLS]",
+                "[TOOL_CALLS]",
+                "[TOOL_RESULTS]",
+                "[/TOOL_RESULTS]",
+            ),
+            ("</s>",),
+        ),
+        Family(
+            "phi3.5",
+            "microsoft-Phi-3.5-mini-instruct.jinja",
+            "<s>",
+            "<|endoftext|>",
+            ("<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+            ("<|end|>", "<|assistant|>", "<|endoftext|>"),
+        ),
+        Family(
+            "gpt-oss",
+            "openai-gpt-oss-120b.jinja",
+            "<|startoftext|>",
+            "<|return|>",
+            (
+                "<|startoftext|>",
+                "<|endoftext|>",
+                "<|start|>",
+                "<|end|>",
+                "<|message|>",
+                "<|channel|>",
+                "<|return|>",
+                "<|call|>",
+                "<|constrain|>",
+            ),
+            ("<|return|>", "<|endoftext|>", "<|call|>"),
+        ),
+        Family(
+            "deepseek-r1",
+            "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+            "<｜begin▁of▁sentence｜>",
+            "<｜end▁of▁sentence｜>",
+            (
+                "<｜begin▁of▁sentence｜>",
+                "<｜end▁of▁sentence｜>",
+                "<｜User｜>",
+                "<｜Assistant｜>",
+                "<｜tool▁calls▁begin｜>",
+                "<｜tool▁calls▁end｜>",
+                "<｜tool▁call▁begin｜>",
+                "<｜tool▁call▁end｜>",
+                "<｜tool▁sep｜>",
+                "<｜tool▁outputs▁begin｜>",
+                "<｜tool▁outputs▁end｜>",
+                "<｜tool▁output▁begin｜>",
+                "<｜tool▁output▁end｜>",
+            ),
+            ("<｜end▁of▁sentence｜>",),
+            ("<think>", "</think>"),
+        ),
+        Family(
+            "smollm3",
+            "HuggingFaceTB-SmolLM3-3B.jinja",
+            None,
+            "<|im_end|>",
+            ("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
+            ("<|im_end|>", "<|endoftext|>"),
+            ("<think>", "</think>"),
+        ),
     ]
 }
 
@@ -79,35 +169,67 @@ def build_family_tokenizer(family: Family, base: Path, target: Path) -> Path:
     return target
 
 
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"}},
-                   "required": ["city"]}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "City name"}},
+            "required": ["city"],
+        },
+    },
+}
 
 CHATS = {
-    "single": {"messages": [{"role": "user", "content": "Capital of France?"},
-                            {"role": "assistant", "content": "Paris."}]},
-    "multi": {"messages": [{"role": "user", "content": "Capital of Japan?"},
-                           {"role": "assistant", "content": "Tokyo."},
-                           {"role": "user", "content": "And of France?"},
-                           {"role": "assistant", "content": "Paris."},
-                           {"role": "user", "content": "And of Italy?"},
-                           {"role": "assistant", "content": "Rome."}]},
-    "system": {"messages": [{"role": "system", "content": "Answer in one word."},
-                            {"role": "user", "content": "Capital of Japan?"},
-                            {"role": "assistant", "content": "Tokyo."},
-                            {"role": "user", "content": "And of France?"},
-                            {"role": "assistant", "content": "Paris."}]},
-    "reasoning": {"messages": [{"role": "user", "content": "What is 12 + 30?"},
-                               {"role": "assistant", "reasoning_content": "12 plus 30 is 42.", "content": "42"},
-                               {"role": "user", "content": "And doubled?"},
-                               {"role": "assistant", "reasoning_content": "42 times 2 is 84.", "content": "84"}]},
-    "tools": {"tools": [WEATHER_TOOL],
-              "messages": [{"role": "user", "content": "Weather in Paris?"},
-                           {"role": "assistant", "content": "", "tool_calls": [
-                               {"id": "call12345", "type": "function",
-                                "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-                           {"role": "tool", "tool_call_id": "call12345", "name": "get_weather",
-                            "content": "{\"temp_c\": 21}"},
-                           {"role": "assistant", "content": "It is 21 C in Paris."}]},
+    "single": {
+        "messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]
+    },
+    "multi": {
+        "messages": [
+            {"role": "user", "content": "Capital of Japan?"},
+            {"role": "assistant", "content": "Tokyo."},
+            {"role": "user", "content": "And of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "And of Italy?"},
+            {"role": "assistant", "content": "Rome."},
+        ]
+    },
+    "system": {
+        "messages": [
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "Capital of Japan?"},
+            {"role": "assistant", "content": "Tokyo."},
+            {"role": "user", "content": "And of France?"},
+            {"role": "assistant", "content": "Paris."},
+        ]
+    },
+    "reasoning": {
+        "messages": [
+            {"role": "user", "content": "What is 12 + 30?"},
+            {"role": "assistant", "reasoning_content": "12 plus 30 is 42.", "content": "42"},
+            {"role": "user", "content": "And doubled?"},
+            {"role": "assistant", "reasoning_content": "42 times 2 is 84.", "content": "84"},
+        ]
+    },
+    "tools": {
+        "tools": [WEATHER_TOOL],
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": "call12345",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call12345", "name": "get_weather", "content": '{"temp_c": 21}'},
+            {"role": "assistant", "content": "It is 21 C in Paris."},
+        ],
+    },
 }

@@ -47,7 +47,7 @@ def assert_each_sequence_alone(model, examples, **call):
         for example in examples:
             n = len(example["input_ids"])
             alone = model(input_ids=torch.tensor([example["input_ids"]]), use_cache=False).logits[0]
-            gap = (packed[start:start + n] - alone).abs().max()
+            gap = (packed[start : start + n] - alone).abs().max()
             assert gap < 1e-5, (example["row"], gap)
             start += n
     model.set_attn_implementation(attention)

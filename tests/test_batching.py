@@ -7,13 +7,13 @@ import random
 
 import pytest
 import torch
-
 from conftest import ALPACA_ROWS
+from test_train import recipe_file
+
 from sft_cli.batching import Collator, pack_bins, plan_batches
 from sft_cli.encode import IGNORE
 from sft_cli.recipe import load_recipe
 from sft_cli.train import prepare
-from test_train import recipe_file
 
 
 def test_pack_bins_best_fit_keeps_every_sequence_whole_and_fills_bins():
@@ -26,8 +26,10 @@ def test_pack_bins_best_fit_keeps_every_sequence_whole_and_fills_bins():
 
 
 def test_collator_padding_free_layout():
-    examples = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7], "row": 3},
-                {"input_ids": [8, 9], "labels": [IGNORE, 9], "row": 0}]
+    examples = [
+        {"input_ids": [5, 6, 7], "labels": [5, 6, 7], "row": 3},
+        {"input_ids": [8, 9], "labels": [IGNORE, 9], "row": 0},
+    ]
     batch = Collator(pad_token_id=0, padding_free=True)(examples)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
@@ -43,8 +45,9 @@ def test_collator_padding_free_layout():
 def test_collator_reads_the_examples_of_packed_bins():
     import datasets
 
-    source = datasets.Dataset.from_dict({"input_ids": [[1], [2, 3, 4], [5, 6]], "labels": [[1], [2, 3, 4], [5, 6]],
-                                         "row": [7, 2, 9]})
+    source = datasets.Dataset.from_dict(
+        {"input_ids": [[1], [2, 3, 4], [5, 6]], "labels": [[1], [2, 3, 4], [5, 6]], "row": [7, 2, 9]}
+    )
     collator = Collator(pad_token_id=0, padding_free=True, source=source)
     batch = collator([{"members": [0, 1]}, {"members": [2]}])
     assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6]]
@@ -68,8 +71,9 @@ def test_loss_is_the_same_padded_padding_free_and_packed(tmp_path, tiny_path, lo
     layouts = {"padded": {"padding_free": False}, "padding_free": {}, "packed": {"packing": True}}
     losses = {}
     for name, training in layouts.items():
-        path = recipe_file(tmp_path / name, tiny_path, rows=ALPACA_ROWS, loss=loss,
-                           training={"batch_size": 4, **training})
+        path = recipe_file(
+            tmp_path / name, tiny_path, rows=ALPACA_ROWS, loss=loss, training={"batch_size": 4, **training}
+        )
         session = prepare(load_recipe(path))
         trainer = session.trainer
         batch = next(iter(trainer.get_train_dataloader()))

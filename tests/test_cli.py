@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ALPACA_ROWS
 from typer.testing import CliRunner
 
-from conftest import ALPACA_ROWS
 from sft_cli.cli import app
 
 runner = CliRunner()
@@ -52,8 +52,11 @@ def test_preview_json_contract(make_recipe, model_path):
 
 
 def test_preview_shows_trained_tokens_with_a_cue_that_survives_no_colour(make_recipe, smollm2_path):
-    result = runner.invoke(app, ["preview", str(make_recipe(smollm2_path)), "--index", "2", "--ids"],
-                           env={"NO_COLOR": "1", "COLUMNS": "200"})
+    result = runner.invoke(
+        app,
+        ["preview", str(make_recipe(smollm2_path)), "--index", "2", "--ids"],
+        env={"NO_COLOR": "1", "COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     assert "row 2 · " in result.output and "trained tokens" in result.output
     assert "·Response(14212)|:(42)|↵(198)\n⟦The(504)|·Pacific(6125)|·Ocean(7357)|.(30)|<|im_end|>(2)⟧" in result.output
@@ -119,13 +122,15 @@ def test_help_and_validate_do_not_import_torch_or_transformers(make_recipe, tiny
 
 
 def test_console_script_exit_code(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "sft_cli", "validate", str(tmp_path / "none.yaml")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "sft_cli", "validate", str(tmp_path / "none.yaml")], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "file not found" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("config", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "config", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_example_configs_validate_and_preview(config, smollm2_path):
     assert runner.invoke(app, ["validate", str(config)]).exit_code == 0
     result = runner.invoke(app, ["preview", str(config), "--json", "--limit", "1"])

@@ -6,8 +6,8 @@ import csv
 import json
 
 import pytest
-
 from conftest import ALPACA_ROWS, write_jsonl
+
 from sft_cli.data import load_rows, normalise, read_records
 from sft_cli.errors import DataError
 from sft_cli.recipe import Recipe
@@ -54,12 +54,15 @@ def test_undetectable_format_names_columns(tmp_path):
         load_rows(recipe(path))
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"instruction": "a"}, "row 2: missing field 'output'"),
-    ({"instruction": "a", "output": 3}, "row 2: field 'output' must be text, got int"),
-    ({"instruction": "a", "output": "  "}, "row 2: field 'output' \\(the answer\\) is empty"),
-    ({"instruction": "a", "output": "b", "input": ["x"]}, "row 2: field 'input' must be text"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"instruction": "a"}, "row 2: missing field 'output'"),
+        ({"instruction": "a", "output": 3}, "row 2: field 'output' must be text, got int"),
+        ({"instruction": "a", "output": "  "}, "row 2: field 'output' \\(the answer\\) is empty"),
+        ({"instruction": "a", "output": "b", "input": ["x"]}, "row 2: field 'input' must be text"),
+    ],
+)
 def test_bad_row_names_file_row_and_field(tmp_path, row, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [ALPACA_ROWS[0], row])
     with pytest.raises(DataError, match=f"bad.jsonl {message}"):
@@ -72,13 +75,21 @@ def test_bad_rows_skipped_and_counted(tmp_path):
     assert [r.number for r in rows.rows] == [1, 3] and rows.skipped == [(2, "missing field 'output'")]
 
 
-@pytest.mark.parametrize("messages, message", [
-    ([{"role": "user", "content": "hi"}], "no assistant turn"),
-    ([{"role": "robot", "content": "hi"}], "message 1: role must be one of"),
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}], "message 2: the assistant turn is empty"),
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"function": {}}]}],
-     "message 2: each tool call needs a function name"),
-])
+@pytest.mark.parametrize(
+    "messages, message",
+    [
+        ([{"role": "user", "content": "hi"}], "no assistant turn"),
+        ([{"role": "robot", "content": "hi"}], "message 1: role must be one of"),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}],
+            "message 2: the assistant turn is empty",
+        ),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"function": {}}]}],
+            "message 2: each tool call needs a function name",
+        ),
+    ],
+)
 def test_bad_messages(tmp_path, messages, message):
     path = write_jsonl(tmp_path / "c.jsonl", [{"messages": messages}])
     with pytest.raises(DataError, match=f"row 1: {message}"):
@@ -109,12 +120,24 @@ def test_eval_split_without_eval_data(tmp_path):
 
 def test_reasoning_and_tools_are_read_from_common_data_shapes():
     """reasoning_content / thinking / a leading <think> block, JSON-text arguments and tools all normalise."""
-    row = normalise({"messages": [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "<think>\nstep\n</think>\n\nanswer"},
-        {"role": "assistant", "thinking": "t", "content": "a", "tool_calls": [
-            {"function": {"name": "f", "arguments": json.dumps({"x": 1})}}]},
-    ], "tools": json.dumps([{"type": "function", "function": {"name": "f"}}])}, "messages", {}, False)
+    row = normalise(
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "<think>\nstep\n</think>\n\nanswer"},
+                {
+                    "role": "assistant",
+                    "thinking": "t",
+                    "content": "a",
+                    "tool_calls": [{"function": {"name": "f", "arguments": json.dumps({"x": 1})}}],
+                },
+            ],
+            "tools": json.dumps([{"type": "function", "function": {"name": "f"}}]),
+        },
+        "messages",
+        {},
+        False,
+    )
     assert row["messages"][1] == {"role": "assistant", "content": "answer", "reasoning": "step"}
     assert row["messages"][2]["reasoning"] == "t"
     assert row["messages"][2]["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]

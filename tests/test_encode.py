@@ -4,14 +4,14 @@ tokenizers and every template; chats train exactly the assistant turns; overflow
 from __future__ import annotations
 
 import pytest
+from conftest import ALPACA_ROWS, CHAT_ROWS
 from transformers import AutoTokenizer
 
-from conftest import ALPACA_ROWS, CHAT_ROWS
 from sft_cli.data import Row, Rows
 from sft_cli.encode import IGNORE, encode_rows, prepare_tokenizer
 from sft_cli.errors import DataError
 from sft_cli.recipe import Recipe
-from sft_cli.templates import alpaca_to_messages, render, render_prompt
+from sft_cli.templates import alpaca_to_messages, render_prompt
 
 CUSTOM = {"prompt": "Q: {instruction} {input}\nA:", "response": " {output}", "special_tokens": ["<|sep|>"]}
 TEMPLATES = ["alpaca", "human_assistant", "special_tokens", "chat", "custom"]
@@ -85,8 +85,9 @@ def test_chat_trains_every_assistant_turn_and_nothing_else(model_path):
     end = tokenizer.eos_token
     assert trained_text(tokenizer, encoded.examples[0]) == f"Tokyo.{end}Paris.{end}"
     assert trained_text(tokenizer, encoded.examples[1]) == f"Cold.{end}"
-    masked = tokenizer.decode([t for t, lb in zip(encoded.examples[0].input_ids, encoded.examples[0].labels)
-                               if lb == IGNORE])
+    masked = tokenizer.decode(
+        [t for t, lb in zip(encoded.examples[0].input_ids, encoded.examples[0].labels) if lb == IGNORE]
+    )
     for content in ("Be brief.", "Capital of Japan?", "And France?"):
         assert content in masked
 
@@ -102,8 +103,11 @@ def test_chat_prompt_is_the_generation_prompt(model_path):
     recipe = recipe_for("chat", data={"path": "x.jsonl", "format": "messages"})
     tokenizer = tokenizer_for(model_path, recipe)
     example = encode_rows(rows_of(CHAT_ROWS[1:]), tokenizer, recipe).examples[0]
-    prompt = tokenizer.apply_chat_template(alpaca_to_messages({"instruction": "Opposite of hot?", "output": ""}
-                                                              )[:1], add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        alpaca_to_messages({"instruction": "Opposite of hot?", "output": ""})[:1],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     first = next(i for i, label in enumerate(example.labels) if label != IGNORE)
     assert example.input_ids[:first] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
@@ -120,8 +124,10 @@ def test_special_tokens_are_one_id_each(model_path):
         assert len(ids) == 1 and ids[0] in example.input_ids
 
 
-LONG = [{"instruction": "word " * 80, "input": "", "output": "short answer"},
-        {"instruction": "Hi", "input": "", "output": "ok"}]
+LONG = [
+    {"instruction": "word " * 80, "input": "", "output": "short answer"},
+    {"instruction": "Hi", "input": "", "output": "ok"},
+]
 
 
 def test_overflow_drop_counts(tiny_path):
@@ -162,8 +168,9 @@ def test_whitespace_traps_are_reported(smollm2_path):
     encoded = encode_rows(rows_of(rows), tokenizer, recipe_for("alpaca"))
     kinds = {w.kind: w.rows for w in encoded.warnings}
     assert kinds["answer_trailing_space"] == [1] and kinds["special_token_in_text"] == [2]
-    trailing_space = Recipe.model_validate({"model": {"name": "x"}, "data": {"path": "x.jsonl"},
-                                            "template": {"prompt": "Q: {instruction}\nA: "}})
+    trailing_space = Recipe.model_validate(
+        {"model": {"name": "x"}, "data": {"path": "x.jsonl"}, "template": {"prompt": "Q: {instruction}\nA: "}}
+    )
     encoded = encode_rows(rows_of(ALPACA_ROWS), tokenizer, trailing_space)
     kinds = {w.kind: w.rows for w in encoded.warnings}
     assert kinds["prompt_trailing_space"] == [1, 2, 3, 4] and "boundary_merge" in kinds

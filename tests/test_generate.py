@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ALPACA_ROWS, CHAT_ROWS, write_jsonl
+from test_train import recipe_file
 from typer.testing import CliRunner
 
-from conftest import ALPACA_ROWS, CHAT_ROWS, write_jsonl
 from sft_cli.cli import app
 from sft_cli.data import load_rows
 from sft_cli.encode import IGNORE, encode_rows
@@ -16,7 +17,6 @@ from sft_cli.evaluate import Score, eval_recipe
 from sft_cli.generate import Sampling, generate, load_run, prompt_token_ids
 from sft_cli.recipe import load_recipe
 from sft_cli.train import train
-from test_train import recipe_file
 
 runner = CliRunner()
 MEMORISE = {"max_steps": 80, "learning_rate": 5e-3, "batch_size": 4}
@@ -31,8 +31,14 @@ def full_run(tmp_path_factory, tiny_path):
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_path):
     tmp = tmp_path_factory.mktemp("lora")
-    path = recipe_file(tmp, tiny_path, rows=ALPACA_ROWS, template="special_tokens", lora={"r": 8, "alpha": 16},
-                       training={**MEMORISE, "max_steps": 30, "learning_rate": 1e-2})
+    path = recipe_file(
+        tmp,
+        tiny_path,
+        rows=ALPACA_ROWS,
+        template="special_tokens",
+        lora={"r": 8, "alpha": 16},
+        training={**MEMORISE, "max_steps": 30, "learning_rate": 1e-2},
+    )
     return train(load_recipe(path)).run_dir
 
 
@@ -57,15 +63,17 @@ def test_chat_prompt_ids_equal_training_for_templates_that_rewrite_history(tmp_p
     model = tmp_path / "model"
     shutil.copytree(tiny_path, model)
     build_family_tokenizer(FAMILIES[family], tiny_path, model)
-    path = recipe_file(tmp_path, model, rows=[CHATS[chat]], template="chat", max_length=512,
-                       training={"max_steps": 2})
+    path = recipe_file(tmp_path, model, rows=[CHATS[chat]], template="chat", max_length=512, training={"max_steps": 2})
     run = load_run(train(load_recipe(path)).run_dir)
     assert set(run.options.stop_tokens) == set(FAMILIES[family].stops)
     recipe = load_recipe(path).recipe
     rows = load_rows(recipe)
     ending = CHATS[chat]["messages"][-1]["content"] + FAMILIES[family].eos
-    last_turn = [e for e in encode_rows(rows, run.tokenizer, recipe).examples
-                 if run.tokenizer.decode([t for t, lb in zip(e.input_ids, e.labels) if lb != IGNORE]).endswith(ending)]
+    last_turn = [
+        e
+        for e in encode_rows(rows, run.tokenizer, recipe).examples
+        if run.tokenizer.decode([t for t, lb in zip(e.input_ids, e.labels) if lb != IGNORE]).endswith(ending)
+    ]
     assert len(last_turn) == 1
     labels = last_turn[0].labels
     start = max(i for i in range(len(labels)) if labels[i] != IGNORE and (i == 0 or labels[i - 1] == IGNORE))
@@ -94,19 +102,27 @@ def test_generate_command_single_and_file(full_run, tmp_path):
 
 def test_chat_repl_driven_by_piped_input(full_run):
     row = ALPACA_ROWS[1]
-    result = runner.invoke(app, ["chat", str(full_run), "--max-new-tokens", "20"],
-                           input=f"{row['instruction']}\n/reset\n/exit\nnever read\n")
+    result = runner.invoke(
+        app,
+        ["chat", str(full_run), "--max-new-tokens", "20"],
+        input=f"{row['instruction']}\n/reset\n/exit\nnever read\n",
+    )
     assert result.exit_code == 0, result.output
     assert f"> {row['output']}" in result.output and result.output.count("> ") == 1
 
 
 def test_chat_keeps_multi_turn_history(tmp_path, tiny_path):
-    path = recipe_file(tmp_path, tiny_path, rows=CHAT_ROWS, template="chat", data={"format": "messages"},
-                       training={"max_steps": 2})
+    path = recipe_file(
+        tmp_path, tiny_path, rows=CHAT_ROWS, template="chat", data={"format": "messages"}, training={"max_steps": 2}
+    )
     run_dir = train(load_recipe(path)).run_dir
     run = load_run(run_dir)
-    history = [{"role": "user", "content": "Capital of Japan?"}, {"role": "assistant", "content": "Tokyo."},
-               {"role": "user", "content": "And France?"}, {"role": "assistant", "content": ""}]
+    history = [
+        {"role": "user", "content": "Capital of Japan?"},
+        {"role": "assistant", "content": "Tokyo."},
+        {"role": "user", "content": "And France?"},
+        {"role": "assistant", "content": ""},
+    ]
     ids = prompt_token_ids(run, {"messages": history})
     assert run.tokenizer.decode(ids).count("<|im_start|>assistant") == 2  # the whole history, then the new turn
     result = runner.invoke(app, ["chat", str(run_dir), "--max-new-tokens", "3"], input="hi\nhello again\n")
@@ -115,17 +131,25 @@ def test_chat_keeps_multi_turn_history(tmp_path, tiny_path):
 
 def test_eval_scores_tuned_above_base(full_run, tmp_path):
     data = write_jsonl(tmp_path / "eval.jsonl", [{**r, "task": "t"} for r in ALPACA_ROWS])
-    result = runner.invoke(app, ["eval", str(full_run), "--data", str(data), "--base", "--json",
-                                 "--max-new-tokens", "20"])
+    result = runner.invoke(
+        app, ["eval", str(full_run), "--data", str(data), "--base", "--json", "--max-new-tokens", "20"]
+    )
     assert result.exit_code == 0, result.output
     base, tuned = json.loads(result.stdout)["results"]
     assert base["model"].endswith("(base)") and tuned["exact_match"] >= 0.75 > base["exact_match"]
     assert tuned["loss"] < base["loss"] and tuned["by_task"]["t"]["examples"] == 4
 
 
-@pytest.mark.parametrize("answer, expected, exact, contains", [
-    ("  Bonjour   !\n", "Bonjour !", 1, 1), ("The answer is 42.", "42", 0, 1), ("41", "42", 0, 0),
-    ("<think>\n6 times 7 is 42\n</think>\n\n42", "42", 1, 1), ("<think>\n\n</think>\n\n41", "42", 0, 0)])
+@pytest.mark.parametrize(
+    "answer, expected, exact, contains",
+    [
+        ("  Bonjour   !\n", "Bonjour !", 1, 1),
+        ("The answer is 42.", "42", 0, 1),
+        ("41", "42", 0, 0),
+        ("<think>\n6 times 7 is 42\n</think>\n\n42", "42", 1, 1),
+        ("<think>\n\n</think>\n\n41", "42", 0, 0),
+    ],
+)
 def test_score_normalises_whitespace_and_scores_the_final_answer(answer, expected, exact, contains):
     score = Score()
     score.add(answer, expected)
@@ -139,8 +163,7 @@ def test_merge_gives_the_same_greedy_outputs(lora_run, tmp_path):
     assert runner.invoke(app, ["merge", str(lora_run), "-o", str(merged_dir)]).exit_code == 0
     assert (merged_dir / "model.safetensors").exists() and AutoModelForCausalLM.from_pretrained(merged_dir)
     sampling = Sampling(max_new_tokens=12)
-    assert generate(load_run(merged_dir), ALPACA_ROWS, sampling) == generate(load_run(lora_run), ALPACA_ROWS,
-                                                                             sampling)
+    assert generate(load_run(merged_dir), ALPACA_ROWS, sampling) == generate(load_run(lora_run), ALPACA_ROWS, sampling)
     again = runner.invoke(app, ["merge", str(lora_run), "-o", str(merged_dir)])
     assert again.exit_code == 2 and "already exists" in again.output
 

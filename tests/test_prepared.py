@@ -8,9 +8,9 @@ import os
 
 import pytest
 import yaml
+from conftest import ALPACA_ROWS, write_jsonl
 from typer.testing import CliRunner
 
-from conftest import ALPACA_ROWS, write_jsonl
 from sft_cli.cli import app
 from sft_cli.errors import DataError
 from sft_cli.loading import load_tokenizer
@@ -98,8 +98,10 @@ def test_a_row_the_chat_template_refuses_in_a_worker_names_its_row(tmp_path, tin
     from families import FAMILIES, build_family_tokenizer
 
     gemma = build_family_tokenizer(FAMILIES["gemma2"], tiny_path, tmp_path / "gemma2")  # refuses system turns
-    chats = [{"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello"}]}
-             for i in range(2200)]
+    chats = [
+        {"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello"}]}
+        for i in range(2200)
+    ]
     chats[2150]["messages"].insert(0, {"role": "system", "content": "Be kind."})
     path = recipe_at(tmp_path, gemma, chats, template="chat", data={"num_proc": 2})
     result = runner.invoke(app, ["prepare", str(path)])
@@ -114,8 +116,9 @@ def test_a_utf8_file_with_a_byte_order_mark_is_read(tmp_path, tiny_path, suffix)
     if suffix == "jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ALPACA_ROWS)
     else:
-        text = "instruction,input,output\n" + "".join(f"{r['instruction']},{r['input']},{r['output']}\n"
-                                                       for r in ALPACA_ROWS if "," not in "".join(r.values()))
+        text = "instruction,input,output\n" + "".join(
+            f"{r['instruction']},{r['input']},{r['output']}\n" for r in ALPACA_ROWS if "," not in "".join(r.values())
+        )
     data.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
     path = recipe_at(tmp_path, tiny_path, None, data={"path": data.name})
     result = runner.invoke(app, ["preview", str(path), "--json", "-n", "1"])
@@ -124,11 +127,14 @@ def test_a_utf8_file_with_a_byte_order_mark_is_read(tmp_path, tiny_path, suffix)
     assert "\ufeff" not in json.loads(result.stdout)["examples"][0]["text"]
 
 
-@pytest.mark.parametrize("suffix, content", [
-    ("jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n'),
-    ("csv", b"instruction,output\ncaf\xe9,b\n"),
-    ("json", b'[{"instruction": "a", "output": "b"},\n {"instruction": "caf\xe9", "output": "b"}]'),
-])
+@pytest.mark.parametrize(
+    "suffix, content",
+    [
+        ("jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n'),
+        ("csv", b"instruction,output\ncaf\xe9,b\n"),
+        ("json", b'[{"instruction": "a", "output": "b"},\n {"instruction": "caf\xe9", "output": "b"}]'),
+    ],
+)
 def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, tiny_path, suffix, content):
     data = tmp_path / f"train.{suffix}"
     data.write_bytes(content)
@@ -157,8 +163,12 @@ def test_preview_shows_examples_before_the_dataset_is_encoded(tmp_path, tiny_pat
     events = []
     recipe = load_recipe(recipe_at(tmp_path, tiny_path, MANY)).recipe
     progress = Progress(start=lambda d: events.append("encoding"), advance=lambda n: None, stop=lambda: None)
-    preview = build_preview(recipe, limit=2, progress=progress,
-                            on_examples=lambda shown: events.append(("shown", [v.example.row for v in shown])))
+    preview = build_preview(
+        recipe,
+        limit=2,
+        progress=progress,
+        on_examples=lambda shown: events.append(("shown", [v.example.row for v in shown])),
+    )
     assert events == [("shown", [1, 2]), "encoding"]
     assert preview.stats.examples == 2500
     histogram = preview.stats.histogram()
@@ -175,8 +185,14 @@ def test_a_second_command_reuses_the_cache(tmp_path, smollm2_path):
     outputs = []
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        result = subprocess.run([sys.executable, "-m", "sft_cli", "prepare", str(path)], capture_output=True,
-                                text=True, timeout=300, env=env, cwd=tmp_path)
+        result = subprocess.run(
+            [sys.executable, "-m", "sft_cli", "prepare", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         outputs.append(result.stdout)
     assert "train: prepared" in outputs[0] and "train: reused" in outputs[1]

@@ -58,7 +58,8 @@ def test_every_problem_reported_at_once(tmp_path):
 def test_missing_required_key(tmp_path):
     assert problems(write(tmp_path, "model:\n  name: x\n")) == ["data: required key is missing"]
     assert problems(write(tmp_path, "model: {}\ndata:\n  path: train.jsonl\n")) == [
-        "model.name (r.yaml line 1): required key is missing"]
+        "model.name (r.yaml line 1): required key is missing"
+    ]
 
 
 @pytest.mark.parametrize("text, line", [("model: [\n", 2), ("model:\n  name: a\n   bad: 1\n", 3)])
@@ -84,13 +85,19 @@ def test_custom_template_and_its_errors(tmp_path):
     assert any("template.promt" in p and "did you mean 'prompt'" in p for p in found)
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("training:\n  early_stopping: {patience: 2}\n", "early_stopping needs eval data"),
-    ("data:\n  path: train.jsonl\n  eval_fraction: 0.1\ntraining:\n  early_stopping: {}\n  eval_steps: 10\n"
-     "  save_steps: 15\n", "must be a multiple"),
-    ("training:\n  eval_steps: 5\n", "no eval data"),
-    ("training:\n  packing: true\n  padding_free: false\n", "packing needs training.padding_free"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("training:\n  early_stopping: {patience: 2}\n", "early_stopping needs eval data"),
+        (
+            "data:\n  path: train.jsonl\n  eval_fraction: 0.1\ntraining:\n  early_stopping: {}\n  eval_steps: 10\n"
+            "  save_steps: 15\n",
+            "must be a multiple",
+        ),
+        ("training:\n  eval_steps: 5\n", "no eval data"),
+        ("training:\n  packing: true\n  padding_free: false\n", "packing needs training.padding_free"),
+    ],
+)
 def test_cross_field_checks_fail_before_training(tmp_path, extra, message):
     text = BASE.replace("data:\n  path: train.jsonl\n", "") if extra.startswith("data") else BASE
     found = problems(write(tmp_path, text + extra))

@@ -16,17 +16,31 @@ class FakeTokenizer:
     chat_template = None
 
 
-@pytest.mark.parametrize("template, row, text", [
-    ("alpaca", ROW, "### Instruction:\nAnswer the question.\n### Input:\nWhich is the largest ocean?\n"
-                    "### Response:\nThe Pacific Ocean.</s>"),
-    ("alpaca", NO_INPUT, "### Instruction:\nAnswer the question.\n### Response:\nThe Pacific Ocean.</s>"),
-    ("human_assistant", ROW, "### Human:\nAnswer the question.\nWhich is the largest ocean?\n\n### Assistant:\n"
-                             "The Pacific Ocean.</s>"),
-    ("human_assistant", NO_INPUT, "### Human:\nAnswer the question.\n\n### Assistant:\nThe Pacific Ocean.</s>"),
-    ("special_tokens", ROW, "<|instruction|> Answer the question. <|input|> Which is the largest ocean? "
-                            "<|response|> The Pacific Ocean.</s>"),
-    ("special_tokens", NO_INPUT, "<|instruction|> Answer the question. <|response|> The Pacific Ocean.</s>"),
-])
+@pytest.mark.parametrize(
+    "template, row, text",
+    [
+        (
+            "alpaca",
+            ROW,
+            "### Instruction:\nAnswer the question.\n### Input:\nWhich is the largest ocean?\n"
+            "### Response:\nThe Pacific Ocean.</s>",
+        ),
+        ("alpaca", NO_INPUT, "### Instruction:\nAnswer the question.\n### Response:\nThe Pacific Ocean.</s>"),
+        (
+            "human_assistant",
+            ROW,
+            "### Human:\nAnswer the question.\nWhich is the largest ocean?\n\n### Assistant:\nThe Pacific Ocean.</s>",
+        ),
+        ("human_assistant", NO_INPUT, "### Human:\nAnswer the question.\n\n### Assistant:\nThe Pacific Ocean.</s>"),
+        (
+            "special_tokens",
+            ROW,
+            "<|instruction|> Answer the question. <|input|> Which is the largest ocean? "
+            "<|response|> The Pacific Ocean.</s>",
+        ),
+        ("special_tokens", NO_INPUT, "<|instruction|> Answer the question. <|response|> The Pacific Ocean.</s>"),
+    ],
+)
 def test_exact_texts(template, row, text):
     [rendered] = render(template, row, FakeTokenizer())
     assert rendered.text == text

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import ALPACA_ROWS, write_jsonl
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import ALPACA_ROWS, write_jsonl
 from sft_cli.cli import app
 from sft_cli.encode import IGNORE
 from sft_cli.recipe import load_recipe
@@ -26,10 +26,24 @@ REPEATED = ALPACA_ROWS * 4
 
 def recipe_file(tmp_path: Path, model: Path, rows=REPEATED, **fields) -> Path:
     data = write_jsonl(tmp_path / "train.jsonl", rows)
-    training = {"batch_size": 4, "learning_rate": 3e-3, "max_steps": 12, "logging_steps": 1, "warmup_ratio": 0.0,
-                "lr_scheduler": "constant", "save_steps": 4, **fields.pop("training", {})}
-    recipe = {"model": {"name": str(model)}, "data": {"path": data.name, **fields.pop("data", {})},
-              "max_length": 64, "training": training, "output": {"dir": "run"}, **fields}
+    training = {
+        "batch_size": 4,
+        "learning_rate": 3e-3,
+        "max_steps": 12,
+        "logging_steps": 1,
+        "warmup_ratio": 0.0,
+        "lr_scheduler": "constant",
+        "save_steps": 4,
+        **fields.pop("training", {}),
+    }
+    recipe = {
+        "model": {"name": str(model)},
+        "data": {"path": data.name, **fields.pop("data", {})},
+        "max_length": 64,
+        "training": training,
+        "output": {"dir": "run"},
+        **fields,
+    }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -45,8 +59,16 @@ def test_loss_falls_and_the_run_folder_is_complete(tmp_path, tiny_path):
     losses = [m["loss"] for m in metrics(run_dir) if "loss" in m]
     assert result.stop_reason == "completed" and len(losses) == 20
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "sft_template.json", "recipe.yaml",
-                 "loss.png", "run.json", "metrics.jsonl"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "sft_template.json",
+        "recipe.yaml",
+        "loss.png",
+        "run.json",
+        "metrics.jsonl",
+    ):
         assert (run_dir / name).exists(), name
     record = json.loads((run_dir / "run.json").read_text())
     assert record["plan"]["precision"] == "fp32" and record["plan"]["device"] == "cpu"
@@ -73,16 +95,17 @@ def test_trainer_batches_carry_preview_labels_and_loss_covers_exactly_them(tmp_p
     labels, ids = batch["labels"][0].tolist(), batch["input_ids"][0].tolist()
     for row, start, end in zip(session.collator.first_rows, bounds, bounds[1:]):
         # the very labels preview printed; the first is never trained (nothing before it predicts it)
-        assert labels[start + 1:end] == expected[row][1:] and labels[start] == IGNORE
+        assert labels[start + 1 : end] == expected[row][1:] and labels[start] == IGNORE
         if loss == "unmasked":
-            assert labels[start + 1:end] == ids[start + 1:end]
+            assert labels[start + 1 : end] == ids[start + 1 : end]
     model = trainer.model.eval()
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         reported = trainer.compute_loss(model, dict(batch))
     shifted = batch["labels"][:, 1:]
     token_losses = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1), reduction="none")
+        logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1), reduction="none"
+    )
     trained = shifted.reshape(-1) != IGNORE
     independent = token_losses[trained].mean()
     assert torch.allclose(reported, independent, atol=1e-5)
@@ -93,13 +116,24 @@ def test_trainer_batches_carry_preview_labels_and_loss_covers_exactly_them(tmp_p
 def test_early_stopping_stops_when_eval_loss_rises(tmp_path, tiny_path):
     conflicting = [{**r, "output": r["output"][::-1] + " no"} for r in ALPACA_ROWS]
     write_jsonl(tmp_path / "eval.jsonl", conflicting)
-    path = recipe_file(tmp_path, tiny_path, data={"eval_path": "eval.jsonl"}, training={
-        "max_steps": 60, "eval_steps": 2, "save_steps": 2, "learning_rate": 1e-2,
-        "early_stopping": {"patience": 2}})
+    path = recipe_file(
+        tmp_path,
+        tiny_path,
+        data={"eval_path": "eval.jsonl"},
+        training={
+            "max_steps": 60,
+            "eval_steps": 2,
+            "save_steps": 2,
+            "learning_rate": 1e-2,
+            "early_stopping": {"patience": 2},
+        },
+    )
     result = train(load_recipe(path))
     evals = [m["eval_loss"] for m in metrics(result.run_dir) if "eval_loss" in m]
-    assert result.stop_reason == "early_stopping" and json.loads(
-        (result.run_dir / "run.json").read_text())["global_step"] < 60
+    assert (
+        result.stop_reason == "early_stopping"
+        and json.loads((result.run_dir / "run.json").read_text())["global_step"] < 60
+    )
     assert min(evals) < evals[-1], evals
 
 
@@ -107,8 +141,14 @@ def test_lora_adapter_saves_reloads_and_trains_new_token_rows(tmp_path, tiny_pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = recipe_file(tmp_path, tiny_path, template="special_tokens", loss="unmasked", lora={"r": 4, "alpha": 8},
-                       training={"learning_rate": 1e-2})
+    path = recipe_file(
+        tmp_path,
+        tiny_path,
+        template="special_tokens",
+        loss="unmasked",
+        lora={"r": 4, "alpha": 8},
+        training={"learning_rate": 1e-2},
+    )
     result = train(load_recipe(path))
     run_dir = result.run_dir
     assert (run_dir / "adapter_config.json").exists() and not (run_dir / "model.safetensors").exists()
@@ -158,12 +198,15 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"trainer_args": {"gradient_checkpointin": True}}, "did you mean 'gradient_checkpointing'"),
-    ({"trainer_args": {"output_dir": "x"}}, "set by sft itself"),
-    ({"training": {"precision": "fp16"}}, "fp16 needs a CUDA GPU"),
-    ({"lora": {"load_in_4bit": True}}, "needs a CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"trainer_args": {"gradient_checkpointin": True}}, "did you mean 'gradient_checkpointing'"),
+        ({"trainer_args": {"output_dir": "x"}}, "set by sft itself"),
+        ({"training": {"precision": "fp16"}}, "fp16 needs a CUDA GPU"),
+        ({"lora": {"load_in_4bit": True}}, "needs a CUDA GPU"),
+    ],
+)
 def test_bad_recipes_fail_before_any_model_loads(tmp_path, fields, message):
     missing_model = tmp_path / "no-such-model"  # loading it would fail differently: proves we stop earlier
     missing_model.mkdir()
@@ -187,8 +230,13 @@ def test_gpu_only_accelerate_config_is_refused_on_cpu(tmp_path, tiny_path, confi
 def test_two_processes_on_cpu(tmp_path, tiny_path):
     rows = [{"instruction": f"Say {i}", "input": "", "output": str(i)} for i in range(16)]
     path = recipe_file(tmp_path, tiny_path, rows=rows, training={"max_steps": 3})
-    result = subprocess.run([sys.executable, "-m", "sft_cli", "train", str(path), "--num-processes", "2"],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "sft_cli", "train", str(path), "--num-processes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["plan"]["world_size"] == 2

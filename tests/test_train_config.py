@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from test_train import recipe_file
+
 from sft_cli.callbacks import make_callbacks
 from sft_cli.recipe import TrainingSection, load_recipe
 from sft_cli.train import Reporter, layout, pick_precision, sft_config
-from test_train import recipe_file
 
 # every training field set away from its default; value in the recipe -> what SFTConfig must hold
 NON_DEFAULT = {

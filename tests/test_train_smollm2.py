@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-
 from conftest import FIXTURES
+from test_train import recipe_file
+
 from sft_cli.recipe import load_recipe
 from sft_cli.train import train
-from test_train import recipe_file
 
 pytestmark = pytest.mark.slow
 GGUF = FIXTURES / "smollm2-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,8 +34,13 @@ def test_lora_with_special_tokens_on_tied_embeddings(tmp_path, smollm2_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = recipe_file(tmp_path, smollm2_path, template="special_tokens", lora={"r": 8, "alpha": 16},
-                       training={"max_steps": 3, "batch_size": 2, "learning_rate": 1e-3})
+    path = recipe_file(
+        tmp_path,
+        smollm2_path,
+        template="special_tokens",
+        lora={"r": 8, "alpha": 16},
+        training={"max_steps": 3, "batch_size": 2, "learning_rate": 1e-3},
+    )
     result = train(load_recipe(path))
     run_dir = result.run_dir
     assert (run_dir / "adapter_model.safetensors").exists()
