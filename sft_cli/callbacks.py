@@ -6,17 +6,26 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from sft_cli.progress import Progress
 from sft_cli.recipe import Recipe
-from sft_cli.run_folder import METRICS_FILE
-
-if TYPE_CHECKING:
-    from sft_cli.train import Reporter
+from sft_cli.run_record import METRICS_FILE
 
 
-def make_callbacks(recipe: Recipe, run_dir: Path, reporter: Reporter, is_main: bool, state: dict):
+@dataclass
+class RunState:
+    """What the callbacks learn while a run trains, read by the run when it ends."""
+
+    stop_at_step: int | None = None  # tests deliver a real Ctrl-C at this step
+    interrupted: bool = False
+    train_seconds: float = 0.0
+    tokens_seen: int = 0
+
+
+def make_callbacks(recipe: Recipe, run_dir: Path, progress: Progress, is_main: bool, state: RunState):
+    """The run's callbacks: the monitor below, and early stopping when the recipe asks for it."""
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class Monitor(TrainerCallback):
@@ -31,19 +40,19 @@ def make_callbacks(recipe: Recipe, run_dir: Path, reporter: Reporter, is_main: b
             self.start_tokens = st.num_input_tokens_seen
             self.previous = signal.signal(signal.SIGINT, self._interrupt)
             if is_main:
-                reporter.start(st.max_steps)
+                progress.start("train", st.max_steps)
 
         def _interrupt(self, signum, frame):
-            if state.get("interrupted"):  # second Ctrl-C: stop now
+            if state.interrupted:  # second Ctrl-C: stop now
                 raise KeyboardInterrupt
-            state["interrupted"] = True
+            state.interrupted = True
             if is_main:
-                reporter.note("interrupt: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
+                progress.note("interrupt: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
 
         def on_step_end(self, args, st, control, **kwargs):
-            if state.get("stop_at_step") == st.global_step:
+            if state.stop_at_step == st.global_step:
                 os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during this step
-            if state.get("interrupted"):
+            if state.interrupted:
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -57,15 +66,15 @@ def make_callbacks(recipe: Recipe, run_dir: Path, reporter: Reporter, is_main: b
                 record["tokens_per_s"] = round(tokens / elapsed, 1) if elapsed > 0 else None
             with (run_dir / METRICS_FILE).open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            reporter.update(st.global_step, record)
+            progress.update(st.global_step, record)
 
         def on_train_end(self, args, st, control, **kwargs):
             if self.previous is not None:
                 signal.signal(signal.SIGINT, self.previous)
-            state["train_seconds"] = time.perf_counter() - self.start_time
-            state["tokens_seen"] = st.num_input_tokens_seen - self.start_tokens
+            state.train_seconds = time.perf_counter() - self.start_time
+            state.tokens_seen = st.num_input_tokens_seen - self.start_tokens
             if is_main:
-                reporter.stop()
+                progress.stop()
 
     callbacks = [Monitor()]
     early = recipe.training.early_stopping

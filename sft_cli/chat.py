@@ -19,12 +19,11 @@ exactly those literals become `plain` segments, tokenized as text.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from sft_cli.errors import DataError, SftError
-from sft_cli.templates import ChatTokenizer, Rendered, RenderOptions, Segment
+from sft_cli.rendered import ChatTokenizer, Rendered, RenderOptions, Segment
 
 MARK_START, MARK_END = "\U000f0000", "\U000f0001"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -331,14 +330,3 @@ def render_chat_prompt(tokenizer: ChatTokenizer, row: dict, options: RenderOptio
     upto = len(messages) - 1 if messages and messages[-1]["role"] == "assistant" else len(messages)
     text = template.text(upto, True)
     return _example(text, [], _content_ranges(text, template, upto, set()), False, ())
-
-
-def parse_arguments(arguments: Any) -> Any:
-    """Tool-call arguments as a mapping where they are JSON text (templates expect a mapping)."""
-    if isinstance(arguments, str):
-        try:
-            parsed = json.loads(arguments)
-        except ValueError:
-            return arguments
-        return parsed if isinstance(parsed, dict) else arguments
-    return arguments

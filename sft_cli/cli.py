@@ -1,7 +1,6 @@
-"""The `sft` command line. Each command parses, calls one library function and renders the result.
-
-This is the only module that prints. Heavy libraries (torch, transformers) are imported inside command
-bodies so that `sft --help` and `sft validate` stay fast.
+"""The `sft` command line: commands only. Each parses, calls one library function and hands the result to the
+view (view.py), the only other module that prints. Heavy libraries (torch, transformers) are imported inside
+command bodies so that `sft --help` and `sft validate` stay fast.
 """
 
 from __future__ import annotations
@@ -51,6 +50,12 @@ def command(fn):
             fail(error)
 
     return app.command()(wrapper)
+
+
+def quiet_libraries() -> None:
+    from sft_cli.loading import quiet_libraries as quiet  # imports transformers: only in commands that need it
+
+    quiet()
 
 
 def _load(recipe_path: Path, overrides: list[str] | None):
@@ -106,7 +111,7 @@ def preview(
         raise SftError(f"--split: expected train or eval, got {split!r}")
     loaded = _load(recipe, set_)
     quiet_libraries()
-    from sft_cli.render import render_examples, render_stats
+    from sft_cli.view import ProgressView, render_examples, render_stats
 
     show = None if as_json else (lambda shown: render_examples(out, shown, show_ids=ids))
     result = build_preview(
@@ -115,7 +120,7 @@ def preview(
         limit=limit,
         index=index,
         cache=not no_cache,
-        progress=row_progress(err),
+        progress=ProgressView(err),
         on_examples=show,
     )
     if as_json:
@@ -129,114 +134,22 @@ def prepare(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt, no_cache:
     """Encode the train (and eval) rows into the prepared-dataset cache that preview and train read."""
     from sft_cli.loading import load_tokenizer
     from sft_cli.prepared import prepare_split
-    from sft_cli.render import render_stats
+    from sft_cli.templates import render_options
+    from sft_cli.view import ProgressView, render_stats
 
     loaded = _load(recipe, set_)
     quiet_libraries()
     tokenizer = load_tokenizer(loaded.recipe)
+    options = render_options(loaded.recipe, tokenizer)
     for split in ("train", "eval") if loaded.recipe.has_eval else ("train",):
-        prepared = prepare_split(loaded.recipe, tokenizer, split, cache=not no_cache, progress=row_progress(err))
+        prepared = prepare_split(
+            loaded.recipe, tokenizer, split, cache=not no_cache, progress=ProgressView(err), options=options
+        )
         render_stats(out, prepared)
         where = "not kept (--no-cache)" if no_cache else str(prepared.folder)
         out.print(f"{split}: {'reused' if prepared.cached else 'prepared'} {where}", highlight=False, soft_wrap=True)
         if no_cache:
             prepared.discard()
-
-
-def row_progress(console: Console):
-    """A progress line for encoding (rows done, time elapsed): the total is not known while rows stream."""
-    from rich.progress import Progress as Bar
-    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from sft_cli.prepared import Progress
-
-    state: dict = {}
-
-    def start(description: str) -> None:
-        bar = Bar(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TextColumn("{task.completed:,.0f} rows"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
-        state["bar"], state["task"] = bar, bar.add_task(description, total=None)
-        bar.start()
-
-    def advance(rows: int) -> None:
-        state["bar"].advance(state["task"], rows)
-
-    def stop() -> None:
-        if "bar" in state:
-            state.pop("bar").stop()
-
-    return Progress(start, advance, stop)
-
-
-class ProgressReporter:
-    """One rich progress bar: step, loss, learning rate, tokens/s and ETA; eval results as lines above it."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.progress = None
-        self.task = None
-
-    def note(self, message: str) -> None:
-        self.console.print(message, highlight=False, soft_wrap=True)
-
-    def start(self, total_steps: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("step"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=False,
-        )
-        self.task = self.progress.add_task("train", total=total_steps, metrics="")
-        self.progress.start()
-
-    def update(self, step: int, metrics: dict) -> None:
-        if self.progress is None:
-            return
-        if "eval_loss" in metrics:
-            self.progress.console.print(f"step {step}: eval loss {metrics['eval_loss']:.4f}", highlight=False)
-        shown = ""
-        if "loss" in metrics:
-            shown = f"loss {metrics['loss']:.4f} | lr {metrics.get('learning_rate', 0):.2e}"
-            if metrics.get("tokens_per_s"):
-                shown += f" | {metrics['tokens_per_s']:,.0f} tok/s"
-        self.progress.update(self.task, completed=step, **({"metrics": shown} if shown else {}))
-
-    def stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def encoding(self, split: str):
-        return row_progress(self.console)
-
-
-def quiet_libraries() -> None:
-    """Silence the transformers/TRL/datasets log flood (shown again with --verbose)."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
 @command
@@ -270,8 +183,9 @@ def train(
         raise typer.Exit(launch_processes(num_processes, accelerate_config))
     if not verbose:
         quiet_libraries()
-    from sft_cli.train import distributed_state
     from sft_cli.train import train as run_training
+    from sft_cli.train_setup import distributed_state
+    from sft_cli.view import ProgressView
 
     is_main = distributed_state().is_main_process
     console = out if is_main else Console(file=open(os.devnull, "w"))
@@ -281,13 +195,13 @@ def train(
         overwrite=overwrite,
         dry_run=dry_run,
         no_cache=no_cache,
-        reporter=ProgressReporter(console),
+        progress=ProgressView(console),
         argv=["sft", *sys.argv[1:]],
     )
     if not is_main:
         return
     if dry_run:
-        from sft_cli.render import render_plan
+        from sft_cli.view import render_plan
 
         render_plan(out, result.plan)
         return
@@ -317,7 +231,7 @@ def generate(
     top_p: float = TopPOpt,
 ) -> None:
     """Answer with a trained model, prompted exactly as in training (same template, same tokenization)."""
-    from sft_cli.data import detect_format, normalise, read_records
+    from sft_cli.data import rows_to_answer
     from sft_cli.generate import Sampling, load_run
     from sft_cli.generate import generate as generate_answers
 
@@ -337,15 +251,7 @@ def generate(
             markup=False,
         )
         return
-    records = read_records(str(file))
-    answerable = [{"output": "-", "completion": "-", **record} for record in records]  # rows to answer need no answer
-    fmt = detect_format(answerable[0], {}, str(file)) if records else "alpaca"
-    rows = []
-    for number, fields in enumerate(answerable, 1):
-        try:
-            rows.append(normalise(fields, fmt, {}, keep_extra=True))
-        except ValueError as exc:
-            raise SftError(f"{file} row {number}: {exc}") from None
+    records, rows = rows_to_answer(str(file))
     answers = generate_answers(run, rows, sampling)
     lines = [
         json.dumps({**record, "generated": answer}, ensure_ascii=False) for record, answer in zip(records, answers)
@@ -410,33 +316,28 @@ def eval(
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """Answer-token loss and perplexity, exact match and containment, overall and per `task` column."""
-    from rich.progress import Progress
-
     from sft_cli.evaluate import evaluate
     from sft_cli.generate import Sampling
+    from sft_cli.view import ProgressView
 
     if not data.exists():
         raise SftError(f"--data: not found: {data}")
     quiet_libraries()
     results = []
     sampling = Sampling(max_new_tokens=max_new_tokens)
-    with Progress(console=err, transient=True) as progress:
-        for is_base in ([True] if base else []) + [False]:
-            task = progress.add_task("base model" if is_base else "tuned model", total=None)
+    progress = ProgressView(err)
+    for is_base in ([True] if base else []) + [False]:
+        progress.start("base model" if is_base else "tuned model")
+        try:
             results.append(
-                evaluate(
-                    run_dir,
-                    data,
-                    base=is_base,
-                    limit=limit,
-                    sampling=sampling,
-                    on_batch=lambda n, t=task: progress.advance(t, n),
-                )
+                evaluate(run_dir, data, base=is_base, limit=limit, sampling=sampling, on_batch=progress.advance)
             )
+        finally:
+            progress.stop()
     if as_json:
         sys.stdout.write(json.dumps({"results": [r.as_dict() for r in results]}, ensure_ascii=False) + "\n")
         return
-    from sft_cli.render import render_eval
+    from sft_cli.view import render_eval
 
     render_eval(out, results)
 

@@ -7,6 +7,7 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sft_cli.errors import DataError
 from sft_cli.recipe import CustomTemplate, Recipe
@@ -40,6 +41,21 @@ class Rows:
 def read_records(path: str, split: str = "train") -> list[dict]:
     """Every record of a source, as a list: for small sources (eval files, `sft eval`'s task column)."""
     return [record for _, record in iter_records(path, split)]
+
+
+def rows_to_answer(path: str) -> tuple[list[dict], list[dict]]:
+    """The records of a file to answer (`sft generate --file`) and their rows in the training format; rows need
+    no answer, and any other columns are kept."""
+    records = read_records(path)
+    answerable = [{"output": "-", "completion": "-", **record} for record in records]
+    fmt = detect_format(answerable[0], {}, path) if records else "alpaca"
+    rows = []
+    for number, fields in enumerate(answerable, 1):
+        try:
+            rows.append(normalise(fields, fmt, {}, keep_extra=True))
+        except ValueError as exc:
+            raise DataError(f"{path} row {number}: {exc}") from None
+    return records, rows
 
 
 def detect_format(record: dict, columns: dict[str, str], source: str) -> str:
@@ -121,9 +137,18 @@ def normalise_chat(record: dict) -> dict:
     return row
 
 
-def _check_message(i: int, message) -> dict:
-    from sft_cli.chat import parse_arguments
+def parse_arguments(arguments: Any) -> Any:
+    """Tool-call arguments as a mapping where they are JSON text (templates expect a mapping)."""
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            return arguments
+        return parsed if isinstance(parsed, dict) else arguments
+    return arguments
 
+
+def _check_message(i: int, message) -> dict:
     if not isinstance(message, dict) or message.get("role") not in ROLES:
         raise ValueError(f"message {i}: role must be one of {', '.join(ROLES)}")
     role, content = message["role"], message.get("content")
@@ -142,7 +167,7 @@ def _check_message(i: int, message) -> dict:
     if calls:
         if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
             raise ValueError(f"message {i}: tool_calls must be a list of objects")
-        out["tool_calls"] = [_tool_call(i, c, parse_arguments) for c in calls]
+        out["tool_calls"] = [_tool_call(i, c) for c in calls]
     for key in ("tool_call_id", "name"):
         if isinstance(message.get(key), str):
             out[key] = message[key]
@@ -156,7 +181,7 @@ def _reasoning_of(message: dict) -> str | None:
     return value
 
 
-def _tool_call(i: int, call: dict, parse_arguments) -> dict:
+def _tool_call(i: int, call: dict) -> dict:
     """A tool call in the shape templates read: {type, function: {name, arguments}} (id kept)."""
     function = call.get("function", call)
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from sft_cli.data import Rows
 from sft_cli.errors import DataError
 from sft_cli.recipe import Recipe
+from sft_cli.rendered import Rendered, RenderOptions, Segment
 from sft_cli.stats import Stats, Warning
-from sft_cli.templates import Rendered, RenderOptions, Segment, extra_special_tokens, render, render_options
+from sft_cli.templates import extra_special_tokens, render, render_options
 from sft_cli.tokens import Piece, control_pattern, literal_ranges, tokenize_pieces
 
 IGNORE = -100
@@ -86,13 +87,6 @@ def _layout(rendered: Rendered, control) -> _Layout:
 def _piece(text: str, start: int, end: int, middle: bool, literals) -> Piece:
     inside = tuple((s - start, e - start) for s, e in literals if start <= s and e <= end)
     return Piece(text[start:end], middle, inside)
-
-
-def end_tokens(tokenizer) -> tuple[str, ...]:
-    """Tokens that end a generated turn (see tokens.stop_tokens)."""
-    from sft_cli.tokens import stop_tokens
-
-    return stop_tokens(tokenizer)
 
 
 def _bos_prefix(tokenizer) -> list[int]:

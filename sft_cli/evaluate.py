@@ -11,8 +11,9 @@ from pathlib import Path
 from sft_cli.data import load_rows, read_records
 from sft_cli.encode import IGNORE, encode_rows
 from sft_cli.errors import SftError
-from sft_cli.generate import LoadedRun, Sampling, generate, load_run, run_info
+from sft_cli.generate import LoadedRun, Sampling, generate, load_run
 from sft_cli.recipe import Recipe
+from sft_cli.run_record import read_record
 
 
 @dataclass
@@ -67,21 +68,11 @@ def normalise(text: str) -> str:
 
 
 def eval_recipe(run_dir: Path, data: Path) -> Recipe:
-    """The run's template and length limit, masked loss, over the given rows."""
-    info = run_info(run_dir)
-    return Recipe.model_validate(
-        {
-            "model": info["base_model"],
-            "data": {"path": str(data)},
-            "template": info["template"],
-            "loss": "masked",
-            "loss_turns": info.get("loss_turns", "all"),
-            "max_length": info.get("max_length", 1024),
-            "on_overflow": "truncate_prompt",
-            "chat": info.get("chat") or {},
-            "special_tokens_in_text": info.get("special_tokens_in_text", "plain"),
-        }
-    )
+    """The run's contract over the given rows, with masked loss (answer tokens are what is scored) and long
+    prompts cut from the left rather than dropped."""
+    record = read_record(run_dir)
+    encoding = record.encoding.model_copy(update={"loss": "masked", "on_overflow": "truncate_prompt"})
+    return Recipe.from_encoding(encoding, record.base_model, {"path": str(data)})
 
 
 def expected_answer(fields: dict) -> str:
@@ -143,5 +134,5 @@ def evaluate(
             by_task[str(task)].add(answer, expected)
         if len(shown) < samples:
             shown.append({"row": row.number, "expected": expected, "answer": answer})
-    name = f"{run.base_model.name} (base)" if base else str(run_dir)
+    name = f"{run.record.base_model.name} (base)" if base else str(run_dir)
     return EvalResult(name, loss, math.exp(min(loss, 50)), tokens, overall, dict(by_task), shown)

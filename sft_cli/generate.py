@@ -3,28 +3,29 @@ training (`encode.prompt_ids`), greedy by default, stopping at EOS or the templa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft_cli.errors import SftError
-from sft_cli.recipe import CustomTemplate, ModelSection
-
-TEMPLATE_FILE = "sft_template.json"
+from sft_cli.encode import prompt_ids
+from sft_cli.recipe import CustomTemplate
+from sft_cli.rendered import RenderOptions
+from sft_cli.run_record import RunRecord, read_record
+from sft_cli.templates import render_options, render_prompt
 
 
 @dataclass
 class LoadedRun:
-    """A model ready to generate, with the template and tokenizer it was trained with."""
+    """A model ready to generate, with the run record and tokenizer it was trained with."""
 
     model: Any
     tokenizer: Any
-    template: str | CustomTemplate
-    options: Any  # templates.RenderOptions, as in training
-    special_tokens_in_text: str
-    base_model: ModelSection
-    is_lora: bool
+    record: RunRecord
+    options: RenderOptions  # as in training: the recorded stop tokens, the tokenizer's control tokens
+
+    @property
+    def template(self) -> str | CustomTemplate:
+        return self.record.encoding.template
 
 
 @dataclass(frozen=True)
@@ -32,38 +33,6 @@ class Sampling:
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
-
-
-def run_info(run_dir: Path) -> dict:
-    path = Path(run_dir) / TEMPLATE_FILE
-    if not path.exists():
-        raise SftError(
-            f"{run_dir}: not an sft run folder (no {TEMPLATE_FILE})",
-            hint="give a folder written by `sft train` or `sft merge`",
-        )
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def template_of(info: dict) -> str | CustomTemplate:
-    spec = info["template"]
-    return CustomTemplate(**spec) if isinstance(spec, dict) else spec
-
-
-def run_options(info: dict, tokenizer):
-    """The rendering options a run was trained with (stop tokens as recorded, else from the tokenizer)."""
-    from sft_cli.templates import RenderOptions
-    from sft_cli.tokens import control_tokens, stop_tokens
-
-    chat = info.get("chat") or {}
-    return RenderOptions(
-        loss_turns=info.get("loss_turns", "all"),
-        unmasked=info.get("loss") == "unmasked",
-        stop_tokens=tuple(info.get("stop_tokens") or stop_tokens(tokenizer)),
-        control_tokens=control_tokens(tokenizer),
-        system_message=chat.get("system_message", "keep"),
-        train_reasoning=chat.get("train_reasoning", True),
-        template_kwargs=tuple(sorted((chat.get("template_kwargs") or {}).items())),
-    )
 
 
 def load_run(run_dir: Path, base: bool = False):
@@ -75,13 +44,12 @@ def load_run(run_dir: Path, base: bool = False):
     from sft_cli.loading import load_model
 
     run_dir = Path(run_dir)
-    info = run_info(run_dir)
+    record = read_record(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    base_spec = ModelSection(**info["base_model"])
     is_lora = (run_dir / "adapter_config.json").exists()
     if base or is_lora:
-        model = load_model(base_spec, dtype, vocab_size=len(tokenizer))
+        model = load_model(record.base_model, dtype, vocab_size=len(tokenizer))
         if is_lora and not base:
             from peft import PeftModel
 
@@ -91,24 +59,13 @@ def load_run(run_dir: Path, base: bool = False):
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
-    return LoadedRun(
-        model,
-        tokenizer,
-        template_of(info),
-        run_options(info, tokenizer),
-        info.get("special_tokens_in_text", "plain"),
-        base_spec,
-        is_lora,
-    )
+    return LoadedRun(model, tokenizer, record, render_options(record.encoding, tokenizer, record.stop_tokens))
 
 
 def prompt_token_ids(run: LoadedRun, row: dict) -> list[int]:
     """The prompt of a row (alpaca fields or `messages`), as the model saw prompts in training."""
-    from sft_cli.encode import prompt_ids
-    from sft_cli.templates import render_prompt
-
     rendered = render_prompt(run.template, row, run.tokenizer, run.options)
-    return prompt_ids(run.tokenizer, rendered, run.template, run.options, run.special_tokens_in_text)
+    return prompt_ids(run.tokenizer, rendered, run.template, run.options, run.record.encoding.special_tokens_in_text)
 
 
 def stop_ids(run: LoadedRun) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sft_cli.errors import SftError
@@ -72,3 +73,21 @@ def load_model(model: ModelSection, dtype, quantization_config=None, vocab_size:
     if vocab_size and vocab_size > loaded.get_input_embeddings().weight.shape[0]:
         loaded.resize_token_embeddings(vocab_size)
     return loaded
+
+
+def quiet_libraries() -> None:
+    """Silence the transformers/TRL/datasets log flood (commands show it again with --verbose)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from sft_cli.errors import SftError
-from sft_cli.generate import TEMPLATE_FILE, load_run, run_info
+from sft_cli.generate import load_run
+from sft_cli.run_record import read_record, write_record
 
 
 def merge_run(run_dir: Path, output: Path, overwrite: bool = False) -> Path:
     """Write base + adapter, merged, to `output` (aside first, then moved into place)."""
     run_dir, output = Path(run_dir), Path(output)
-    info = run_info(run_dir)
+    record = read_record(run_dir)
     if not (run_dir / "adapter_config.json").exists():
         raise SftError(
             f"{run_dir} is not a LoRA run: its model is already a full model",
@@ -28,7 +29,7 @@ def merge_run(run_dir: Path, output: Path, overwrite: bool = False) -> Path:
     shutil.rmtree(aside, ignore_errors=True)
     merged.save_pretrained(aside)
     run.tokenizer.save_pretrained(aside)
-    (aside / TEMPLATE_FILE).write_text(json.dumps({**info, "lora": False, "merged_from": str(run_dir)}, indent=2))
+    write_record(aside, replace(record, lora=False, merged_from=str(run_dir)))
     if output.exists():
         shutil.rmtree(output)
     os.replace(aside, output)

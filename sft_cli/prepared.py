@@ -19,18 +19,20 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sft_cli.data import row_batches, source_of
+from sft_cli.progress import Progress
 from sft_cli.recipe import Recipe
+from sft_cli.rendered import RenderOptions
 from sft_cli.sources import source_identity
 from sft_cli.stats import Stats, Warning, merge_warnings
+from sft_cli.templates import render_options
 
 DATA_FILE, STATS_FILE = "data.arrow", "stats.json"
 # the modules whose code decides what an encoded row is: a change to any of them re-encodes
-ENCODING_MODULES = ("chat.py", "data.py", "encode.py", "sources.py", "templates.py", "tokens.py")
+ENCODING_MODULES = ("chat.py", "data.py", "encode.py", "rendered.py", "sources.py", "templates.py", "tokens.py")
 
 
 @dataclass
@@ -54,15 +56,6 @@ class Prepared:
         import datasets
 
         return datasets.Dataset.from_file(str(self.folder / DATA_FILE))
-
-
-@dataclass
-class Progress:
-    """Callbacks a command can give to draw a bar; the library stays silent."""
-
-    start: Callable[[str], None] = lambda description: None
-    advance: Callable[[int], None] = lambda rows: None
-    stop: Callable[[], None] = lambda: None
 
 
 def cache_root(recipe: Recipe) -> Path:
@@ -107,10 +100,7 @@ def fingerprint(recipe: Recipe, split: str, tokenizer, options) -> str:
         "source": source_identity(source_of(recipe, split), data.split),
         "data": data.model_dump(exclude={"cache_dir", "num_proc"}),
         "seed": recipe.training.seed if data.eval_fraction else None,
-        "recipe": recipe.model_dump(
-            include={"template", "loss", "loss_turns", "max_length", "on_overflow", "special_tokens_in_text", "chat"},
-            mode="json",
-        ),
+        "encoding": recipe.encoding.model_dump(mode="json"),
         "tokenizer": _tokenizer_identity(tokenizer, options),
         "sft": _code_version(),
     }
@@ -135,12 +125,12 @@ def prepare_split(
     root: Path | None = None,
     num_proc: int | None = None,
     progress: Progress | None = None,
+    options: RenderOptions | None = None,
 ) -> Prepared:
     """The prepared dataset of a split: read from the cache when an identical one was built before, else encoded
-    now (and cached, unless `cache` is False: then it goes to a temporary folder under `root`)."""
-    from sft_cli.templates import render_options
-
-    options = render_options(recipe, tokenizer)
+    now (and cached, unless `cache` is False: then it goes to a temporary folder under `root`). `options`: the
+    render options when the caller already has them (they read the model's generation config)."""
+    options = options or render_options(recipe, tokenizer)
     fp = fingerprint(recipe, split, tokenizer, options)
     if root is None:
         root = cache_root(recipe) if cache else Path(tempfile.gettempdir())

@@ -11,9 +11,12 @@ from sft_cli.data import row_batches
 from sft_cli.encode import IGNORE, Encoded, encode_rows
 from sft_cli.errors import SftError
 from sft_cli.loading import load_tokenizer
-from sft_cli.prepared import Prepared, Progress, prepare_split
+from sft_cli.prepared import Prepared, prepare_split
+from sft_cli.progress import Progress
 from sft_cli.recipe import Recipe
+from sft_cli.rendered import RenderOptions
 from sft_cli.stats import Stats, Warning
+from sft_cli.templates import render_options
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,15 @@ def token_view(example: Encoded, tokenizer) -> list[Token]:
 
 
 def first_examples(
-    recipe: Recipe, tokenizer, split: str = "train", limit: int = 3, index: int | None = None
+    recipe: Recipe,
+    tokenizer,
+    split: str = "train",
+    limit: int = 3,
+    index: int | None = None,
+    options: RenderOptions | None = None,
 ) -> list[Encoded]:
     """The first `limit` examples of a split (or those of row `index`), encoding only the rows it reads."""
+    options = options or render_options(recipe, tokenizer)
     size = max(limit, 1) if index is None else 1000
     shown: list[Encoded] = []
     source = ""
@@ -85,7 +94,7 @@ def first_examples(
             rows.rows = [r for r in rows.rows if r.number == index]
             if not rows.rows:
                 continue
-            encoded = encode_rows(rows, tokenizer, recipe, diagnose=False)
+            encoded = encode_rows(rows, tokenizer, recipe, diagnose=False, options=options)
             if not encoded.examples:
                 raise SftError(
                     f"row {index} was dropped by on_overflow: {recipe.on_overflow}",
@@ -94,7 +103,7 @@ def first_examples(
             return encoded.examples
         if len(shown) >= limit:
             break
-        shown += encode_rows(rows, tokenizer, recipe, diagnose=False).examples
+        shown += encode_rows(rows, tokenizer, recipe, diagnose=False, options=options).examples
     if index is not None:
         raise SftError(
             f"no row {index} in {source or recipe.data.path} ({split} split)",
@@ -116,10 +125,12 @@ def build_preview(
     """The examples to show (handed to `on_examples` as soon as they are encoded), then the split's prepared
     dataset for the stats."""
     tokenizer = load_tokenizer(recipe)
-    shown = [ExampleView(e, token_view(e, tokenizer)) for e in first_examples(recipe, tokenizer, split, limit, index)]
+    options = render_options(recipe, tokenizer)
+    examples = first_examples(recipe, tokenizer, split, limit, index, options)
+    shown = [ExampleView(e, token_view(e, tokenizer)) for e in examples]
     if on_examples:
         on_examples(shown)
-    prepared = prepare_split(recipe, tokenizer, split, cache=cache, progress=progress)
+    prepared = prepare_split(recipe, tokenizer, split, cache=cache, progress=progress, options=options)
     if not cache:
         prepared.discard()  # its stats are read; the encoded rows are not kept
     return Preview(shown, split, prepared)

@@ -134,9 +134,11 @@ class OutputSection(Section):
     dir: str | None = Field(None, description="run folder; default runs/<recipe name>-<timestamp>")
 
 
-class Recipe(Section):
-    model: ModelSection
-    data: DataSection
+class EncodingSpec(Section):
+    """The train/inference contract: every recipe choice that decides how a row becomes prompt ids, answer ids and
+    trained tokens. Training records it in the run folder (run_record.py); preview, the prepared-data fingerprint,
+    generate, eval, merge and export all read it from there or from the recipe, never field by field."""
+
     template: TemplateSpec = Field(
         "alpaca", description="alpaca | human_assistant | special_tokens | chat | {prompt, response, special_tokens}"
     )
@@ -150,6 +152,13 @@ class Recipe(Section):
         "plain", description="row text spelling a special token, e.g. '<|im_end|>': plain text | control token"
     )
     chat: ChatSection = Field(default_factory=ChatSection, description="template: chat only")
+
+
+class Recipe(EncodingSpec):
+    """A whole recipe. Its contract fields (EncodingSpec) stay top-level keys in YAML; `encoding` gathers them."""
+
+    model: ModelSection
+    data: DataSection
     lora: LoraSection | None = Field(None, description="LoRA adapters instead of full fine-tuning")
     training: TrainingSection = Field(default_factory=TrainingSection)
     trainer_args: dict[str, Any] = Field(
@@ -189,6 +198,16 @@ class Recipe(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def encoding(self) -> EncodingSpec:
+        """The recipe's train/inference contract."""
+        return EncodingSpec(**{name: getattr(self, name) for name in EncodingSpec.model_fields})
+
+    @classmethod
+    def from_encoding(cls, encoding: EncodingSpec, model: ModelSection, data: dict) -> Recipe:
+        """A recipe that renders and encodes as `encoding` does, over other data (eval, export checks)."""
+        return cls(model=model, data=DataSection(**data), **dict(encoding))
 
     @property
     def learning_rate(self) -> float:

@@ -1,5 +1,6 @@
 """The run folder: where a run goes (never over an earlier one silently), its checkpoints, and what it leaves
-behind (final model saved atomically, template, resolved recipe, metrics, plot, run.json)."""
+behind (final model saved atomically with its run record, resolved recipe, plot, run.json). File names and the
+run record's format live in run_record.py."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ import json
 import os
 import platform
 import shutil
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sft_cli.errors import SftError
-from sft_cli.generate import TEMPLATE_FILE
 from sft_cli.recipe import LoadedRecipe, Recipe
+from sft_cli.run_record import CHECKPOINTS, METRICS_FILE, PLOT_FILE, RECIPE_FILE, RUN_FILE, RunRecord, write_record
 
-RUN_FILE, METRICS_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "loss.png"
-RECIPE_FILE, CHECKPOINTS = "recipe.yaml", "checkpoints"
 
-if TYPE_CHECKING:
-    from sft_cli.train import RunResult
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a run writes, and the checkpoint it resumes from (None for a fresh run)."""
+
+    path: Path
+    resume_from: str | None = None
 
 
 def default_run_dir(loaded: LoadedRecipe) -> Path:
@@ -32,7 +35,7 @@ def latest_run_dir(loaded: LoadedRecipe) -> Path | None:
     return runs[-1] if runs else None
 
 
-def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple[Path, str | None]:
+def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> RunFolder:
     """The run folder and the checkpoint to resume from; an existing run is never replaced silently."""
     recipe = loaded.recipe
     run_dir = Path(recipe.output.dir) if recipe.output.dir else None
@@ -46,7 +49,7 @@ def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple
         checkpoint = last_checkpoint(run_dir)
         if checkpoint is None:
             raise SftError(f"--resume: {run_dir} has no checkpoint", hint="start afresh with --overwrite")
-        return run_dir, str(checkpoint)
+        return RunFolder(run_dir, str(checkpoint))
     run_dir = run_dir or default_run_dir(loaded)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
@@ -54,7 +57,7 @@ def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple
                 f"{run_dir} already holds a run",
                 hint="--resume continues it from its last checkpoint; --overwrite replaces it",
             )
-    return run_dir, None
+    return RunFolder(run_dir)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -63,59 +66,28 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def finish(trainer, tokenizer, loaded: LoadedRecipe, result: RunResult, wall: float, state: dict, by_rank: dict):
-    """Save the final model atomically (aside, then moved in), the template, recipe, plot and run.json."""
-    run_dir, recipe = result.run_dir, loaded.recipe
-    if result.stop_reason != "interrupted":
-        aside = run_dir / ".final.partial"
-        shutil.rmtree(aside, ignore_errors=True)
-        trainer.model.save_pretrained(aside)
-        tokenizer.save_pretrained(aside)
-        save_template(aside, recipe, tokenizer)
-        for item in aside.iterdir():
-            target = run_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        aside.rmdir()
+def save_final_model(run_dir: Path, model, tokenizer, record: RunRecord) -> None:
+    """The trained model, tokenizer and run record, written aside and moved in: a run folder never holds half a
+    final model."""
+    aside = run_dir / ".final.partial"
+    shutil.rmtree(aside, ignore_errors=True)
+    model.save_pretrained(aside)
+    tokenizer.save_pretrained(aside)
+    write_record(aside, record)
+    for item in aside.iterdir():
+        target = run_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    aside.rmdir()
+
+
+def write_run_files(run_dir: Path, recipe: Recipe, facts: dict) -> None:
+    """The resolved recipe, the loss plot and run.json (the run's facts, the versions and the recipe)."""
     (run_dir / RECIPE_FILE).write_text(resolved_recipe_yaml(recipe), encoding="utf-8")
     plot_losses(run_dir / METRICS_FILE, run_dir / PLOT_FILE)
-    seconds = state.get("train_seconds") or wall
-    tokens = state.get("tokens_seen", 0)
-    record = {
-        "stop_reason": result.stop_reason,
-        "plan": result.plan.as_dict(),
-        "global_step": trainer.state.global_step,
-        "best_metric": trainer.state.best_metric,
-        "wall_seconds": round(wall, 2),
-        "tokens_seen": tokens,
-        "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-        **by_rank,
-        "resume_command": result.resume_command,
-        "versions": versions(),
-        "recipe": recipe.model_dump(mode="json"),
-    }
+    record = {**facts, "versions": versions(), "recipe": recipe.model_dump(mode="json")}
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-
-
-def save_template(folder: Path, recipe: Recipe, tokenizer) -> None:
-    """The template, masking and chat choices and the stop tokens, so generation renders prompts exactly as
-    training did and stops where training taught it to."""
-    from sft_cli.tokens import stop_tokens
-
-    template = recipe.template if isinstance(recipe.template, str) else recipe.template.model_dump()
-    data = {
-        "template": template,
-        "loss": recipe.loss,
-        "loss_turns": recipe.loss_turns,
-        "max_length": recipe.max_length,
-        "chat": recipe.chat.model_dump(),
-        "special_tokens_in_text": recipe.special_tokens_in_text,
-        "stop_tokens": list(stop_tokens(tokenizer)),
-        "base_model": recipe.model.model_dump(),
-        "lora": bool(recipe.lora),
-    }
-    (folder / TEMPLATE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def resolved_recipe_yaml(recipe: Recipe) -> str:

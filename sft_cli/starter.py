@@ -43,7 +43,9 @@ def _scalar(value) -> str:
 
 def _emit(model: type[BaseModel], values: dict, indent: int, lines: list[str]) -> None:
     pad = "  " * indent
-    for name, field in model.model_fields.items():
+    # model and data first: the contract fields (template, loss, ...) come from a base class, so before them
+    fields = sorted(model.model_fields.items(), key=lambda item: item[0] not in ("model", "data"))
+    for name, field in fields:
         description = field.description or ""
         value = values.get(name, field.get_default(call_default_factory=True))
         nested = _nested_model(field.annotation)

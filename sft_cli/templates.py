@@ -12,78 +12,24 @@ and `sft generate` uses it, so training and inference see the same prompt.
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
 
+from sft_cli.chat import render_chat, render_chat_prompt
 from sft_cli.errors import SftError
-from sft_cli.recipe import CustomTemplate, Recipe
+from sft_cli.recipe import CustomTemplate, EncodingSpec
+from sft_cli.rendered import ChatTokenizer, Rendered, RenderOptions, Segment, SegmentKind
+from sft_cli.tokens import control_tokens, stop_tokens
 
-SegmentKind = Literal["marker", "prompt", "answer"]
 SPECIAL_TOKENS_MARKERS = ("<|instruction|>", "<|input|>", "<|response|>")
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A run of text and what it is. `plain`: it comes from the row, so a control token's text inside it (a literal
-    `<|im_end|>` in an answer) is tokenized as ordinary text unless the recipe says otherwise."""
-
-    text: str
-    kind: SegmentKind
-    plain: bool = False
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """A rendered example: its segments, in order; their texts joined give the full training text. `split`: a chat
-    turn trained in an example of its own (the template rewrites its history); `notes`: warning kinds found while
-    rendering (e.g. `reasoning_dropped`)."""
-
-    segments: tuple[Segment, ...]
-    split: bool = False
-    notes: tuple[str, ...] = ()
-
-    @property
-    def text(self) -> str:
-        return "".join(s.text for s in self.segments)
-
-    @property
-    def prompt(self) -> str:
-        """The text before the last answer: exactly what the model is given at inference."""
-        last = max((i for i, s in enumerate(self.segments) if s.kind == "answer"), default=len(self.segments))
-        while last > 0 and self.segments[last - 1].kind == "answer":
-            last -= 1
-        return "".join(s.text for s in self.segments[:last])
-
-
-class ChatTokenizer(Protocol):
-    eos_token: str
-    chat_template: str | None
-
-    def apply_chat_template(self, conversation: list[dict], **kwargs: Any) -> str: ...
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """Everything besides the row that decides how it renders: the recipe's choices and the tokenizer's facts."""
-
-    loss_turns: str = "all"
-    unmasked: bool = False
-    stop_tokens: tuple[str, ...] = ()
-    control_tokens: tuple[str, ...] = ()  # row text that spells one of these stays text (see tokens.py)
-    system_message: str = "keep"
-    train_reasoning: bool = True
-    template_kwargs: tuple[tuple[str, Any], ...] = ()
-
-
-def render_options(recipe: Recipe, tokenizer) -> RenderOptions:
-    """The recipe's rendering choices with the tokenizer's stop and control tokens."""
-    from sft_cli.tokens import control_tokens, stop_tokens
-
-    chat = recipe.chat
+def render_options(encoding: EncodingSpec, tokenizer, stops: tuple[str, ...] = ()) -> RenderOptions:
+    """The contract's rendering choices with the tokenizer's control tokens and stop tokens (`stops` as a run
+    recorded them, else read from the tokenizer and the model's generation config)."""
+    chat = encoding.chat
     return RenderOptions(
-        loss_turns=recipe.loss_turns,
-        unmasked=recipe.loss == "unmasked",
-        stop_tokens=stop_tokens(tokenizer),
+        loss_turns=encoding.loss_turns,
+        unmasked=encoding.loss == "unmasked",
+        stop_tokens=tuple(stops) or stop_tokens(tokenizer),
         control_tokens=control_tokens(tokenizer),
         system_message=chat.system_message,
         train_reasoning=chat.train_reasoning,
@@ -171,8 +117,6 @@ def render(
     """The training examples of one normalised row (alpaca fields, or `messages`): one, except for chats whose
     template rewrites history (see chat.py)."""
     if template == "chat":
-        from sft_cli.chat import render_chat
-
         return render_chat(tokenizer, chat_row(row), options)
     return [_render_instruction_row(template, row, tokenizer.eos_token or "", True)]
 
@@ -183,8 +127,6 @@ def render_prompt(
     """The inference prompt of a row: for chats, the generation prompt of the history before the last assistant
     turn (or of the whole chat when it ends with a user turn)."""
     if template == "chat":
-        from sft_cli.chat import render_chat_prompt
-
         return render_chat_prompt(tokenizer, chat_row(row), options)
     return _render_instruction_row(template, row, tokenizer.eos_token or "", False)
 

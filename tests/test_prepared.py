@@ -157,12 +157,17 @@ def test_no_cache_keeps_nothing(tmp_path, tiny_path, isolated_cache):
 
 
 def test_preview_shows_examples_before_the_dataset_is_encoded(tmp_path, tiny_path):
-    from sft_cli.prepared import Progress
     from sft_cli.preview import build_preview
+    from sft_cli.progress import Progress
 
     events = []
     recipe = load_recipe(recipe_at(tmp_path, tiny_path, MANY)).recipe
-    progress = Progress(start=lambda d: events.append("encoding"), advance=lambda n: None, stop=lambda: None)
+
+    class Recorded(Progress):
+        def start(self, description, total=None):
+            events.append("encoding")
+
+    progress = Recorded()
     preview = build_preview(
         recipe,
         limit=2,

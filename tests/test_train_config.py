@@ -7,9 +7,10 @@ from pathlib import Path
 
 from test_train import recipe_file
 
-from sft_cli.callbacks import make_callbacks
+from sft_cli.callbacks import RunState, make_callbacks
+from sft_cli.progress import Progress
 from sft_cli.recipe import TrainingSection, load_recipe
-from sft_cli.train import Reporter, layout, pick_precision, sft_config
+from sft_cli.train_setup import layout, pick_precision, sft_config
 
 # every training field set away from its default; value in the recipe -> what SFTConfig must hold
 NON_DEFAULT = {
@@ -56,7 +57,11 @@ def test_every_training_field_reaches_sft_config(tmp_path, tiny_path):
         assert getattr(config, attribute) == expected, (name, attribute, getattr(config, attribute))
     assert config.load_best_model_at_end and config.data_seed == 7 and config.per_device_eval_batch_size == 3
     assert layout(recipe) == "padded" and config.include_num_input_tokens_seen == "non_padding"
-    early = [c for c in make_callbacks(recipe, tmp_path, Reporter(), True, {}) if hasattr(c, "early_stopping_patience")]
+    early = [
+        c
+        for c in make_callbacks(recipe, tmp_path, Progress(), True, RunState())
+        if hasattr(c, "early_stopping_patience")
+    ]
     assert early[0].early_stopping_patience == 2
 
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from sft_cli.cli import app
 from sft_cli.errors import RecipeError
-from sft_cli.train import trainer_arg_names
+from sft_cli.train_setup import trainer_arg_names
 from sft_cli.trainer_fields import check_trainer_args, source_field_names
 
 

@@ -1,4 +1,5 @@
-"""Rich rendering of library results for the terminal (the CLI's view layer)."""
+"""The terminal view: library results drawn with rich (tables, token runs, histograms) and the progress of long
+jobs. The CLI calls it; the library never prints."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sft_cli.preview import Token
+from sft_cli.progress import Progress
 
 VISIBLE = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}
 TRAINED_STYLE, MASKED_STYLE, SPECIAL_STYLE = "bold green underline", "grey50", "magenta"
@@ -165,3 +167,71 @@ def render_eval(console: Console, results) -> None:
     for i, sample in enumerate(results[-1].samples):
         samples.add_row(str(sample["row"]), sample["expected"], *[r.samples[i]["answer"] for r in results])
     console.print(samples)
+
+
+class ProgressView(Progress):
+    """A job drawn live: a spinner with a growing count while rows are encoded (their total is not known while
+    they stream); a bar with loss, learning rate, tokens/s and ETA while training steps; notes and eval results as
+    lines above it."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = None
+        self.task = None
+
+    def note(self, message: str) -> None:
+        self.console.print(message, highlight=False, soft_wrap=True)
+
+    def start(self, description: str, total: int | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        self.stop()
+        if total is None:
+            columns = (
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TextColumn("{task.completed:,.0f} rows"),
+                TimeElapsedColumn(),
+            )
+        else:
+            columns = (
+                TextColumn("step"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("{task.fields[metrics]}"),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+            )
+        self.bar = Bar(*columns, console=self.console, transient=total is None)
+        self.task = self.bar.add_task(description, total=total, metrics="")
+        self.bar.start()
+
+    def advance(self, amount: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, amount)
+
+    def update(self, completed: int, metrics: dict[str, float] | None = None) -> None:
+        if self.bar is None:
+            return
+        metrics = metrics or {}
+        if "eval_loss" in metrics:
+            self.bar.console.print(f"step {completed}: eval loss {metrics['eval_loss']:.4f}", highlight=False)
+        shown = ""
+        if "loss" in metrics:
+            shown = f"loss {metrics['loss']:.4f} | lr {metrics.get('learning_rate', 0):.2e}"
+            if metrics.get("tokens_per_s"):
+                shown += f" | {metrics['tokens_per_s']:,.0f} tok/s"
+        self.bar.update(self.task, completed=completed, **({"metrics": shown} if shown else {}))
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
