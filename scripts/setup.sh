@@ -14,5 +14,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${pip[@]}" torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
   fi
 fi
-"${pip[@]}" -e ".[dev]"
+# export: llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores); pip caches the wheel
+"${pip[@]}" -e ".[dev,export]"
+.venv/bin/python -m sft_cli.export.llama_cpp >/dev/null  # llama.cpp's GGUF converter, kept in ~/.cache/sft
 .venv/bin/python scripts/build_fixtures.py

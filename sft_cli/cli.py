@@ -213,7 +213,9 @@ def train(
     )
 
 
-RunArg = typer.Argument(..., help="A run folder written by `sft train` (or `sft merge`).", show_default=False)
+RunArg = typer.Argument(
+    ..., help="A run folder written by `sft train` (or `sft merge`, `sft export --format hf`).", show_default=False
+)
 MaxNewOpt = typer.Option(128, "--max-new-tokens", min=1, help="Longest answer in tokens.")
 TemperatureOpt = typer.Option(0.0, "--temperature", min=0.0, help="0 is greedy; above 0 samples.")
 TopPOpt = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling share (with --temperature).")
@@ -354,6 +356,50 @@ def merge(
     quiet_libraries()
     target = merge_run(run_dir, output, overwrite)
     out.print(f"[green]✓[/] merged model in {target}", highlight=False)
+
+
+@command
+def export(
+    run_dir: Path = RunArg,
+    format: str = typer.Option(..., "--format", "-f", help="hf (transformers, vLLM, TGI) | gguf (llama.cpp) | ollama"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Folder to write; default RUN-FORMAT[-DTYPE]."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="f32 | f16 | bf16, and q8_0 for GGUF; default: as trained for hf, f16 for GGUF."
+    ),
+    check: int = typer.Option(
+        16,
+        "--check",
+        min=0,
+        help="Rows of the run's eval data (else train data) to check: prompt ids, greedy "
+        "answer and stop through the export's own runtime.",
+    ),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the check (the export is then unverified)."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Longest answer the check generates."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    as_json: bool = typer.Option(False, "--json", help="The export report as one JSON document on stdout."),
+) -> None:
+    """Export a run where users run models, with the prompt format and stop tokens it was trained with, checked
+    to answer as `sft generate` does. A LoRA run is merged first; the run folder is never changed."""
+    from sft_cli.export.exporter import export_run
+    from sft_cli.view import ProgressView, render_export
+
+    quiet_libraries()
+    result = export_run(
+        run_dir,
+        format,
+        output,
+        dtype,
+        overwrite=overwrite,
+        check=0 if no_check else check,
+        max_new_tokens=max_new_tokens,
+        progress=ProgressView(err),
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+    else:
+        render_export(out, result)
+    if not result.verified:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -74,20 +74,29 @@ def stop_ids(run: LoadedRun) -> list[int]:
     return sorted({i for i in ids if i is not None and i >= 0})
 
 
-def generate(
-    run: LoadedRun, rows: list[dict], sampling: Sampling = Sampling(), batch_size: int = 16, on_batch=None
-) -> list[str]:
-    """Answers for rows, in order; batches are left-padded so every prompt ends where generation starts."""
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def generate_ids(
+    model,
+    prompts: list[list[int]],
+    stops: list[int],
+    pad: int,
+    sampling: Sampling = Sampling(),
+    batch_size: int = 16,
+    on_batch=None,
+) -> list[list[int]]:
+    """The ids generated after each prompt, through the first stop id (kept), in order. Batches are left-padded
+    so every prompt ends where generation starts."""
     import torch
 
-    tokenizer, model = run.tokenizer, run.model
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    answers: list[str] = []
-    for start in range(0, len(rows), batch_size):
-        prompts = [prompt_token_ids(run, row) for row in rows[start : start + batch_size]]
-        width = max(map(len, prompts))
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    generated: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        width = max(map(len, batch))
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
         options: dict[str, Any] = {"do_sample": sampling.temperature > 0}
         if sampling.temperature > 0:
             options.update(temperature=sampling.temperature, top_p=sampling.top_p)
@@ -96,12 +105,22 @@ def generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 max_new_tokens=sampling.max_new_tokens,
-                eos_token_id=stop_ids(run),
+                eos_token_id=stops,
                 pad_token_id=pad,
                 **options,
             )
-        for sequence in output[:, width:]:
-            answers.append(tokenizer.decode(sequence, skip_special_tokens=True).strip())
+        for sequence in output[:, width:].tolist():
+            end = next((i + 1 for i, token in enumerate(sequence) if token in stops), len(sequence))
+            generated.append(sequence[:end])
         if on_batch:
-            on_batch(len(prompts))
-    return answers
+            on_batch(len(batch))
+    return generated
+
+
+def generate(
+    run: LoadedRun, rows: list[dict], sampling: Sampling = Sampling(), batch_size: int = 16, on_batch=None
+) -> list[str]:
+    """Answers for rows, in order, prompted exactly as in training."""
+    prompts = [prompt_token_ids(run, row) for row in rows]
+    ids = generate_ids(run.model, prompts, stop_ids(run), pad_id(run.tokenizer), sampling, batch_size, on_batch)
+    return [run.tokenizer.decode(sequence, skip_special_tokens=True).strip() for sequence in ids]

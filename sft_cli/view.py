@@ -169,6 +169,42 @@ def render_eval(console: Console, results) -> None:
     console.print(samples)
 
 
+def render_export(console: Console, result) -> None:
+    """The export's files and its round-trip check, row by row where a row failed or diverged."""
+    check = result.check
+    verdict = "unverified (--no-check)" if check is None else ("verified" if check.passed else "CHECK FAILED")
+    console.print(
+        f"[bold]{result.format}[/] export in {result.folder} ({result.seconds:.0f} s): {verdict}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print("files: " + ", ".join(result.files), highlight=False, soft_wrap=True)
+    if check is None:
+        return
+    summary = check.as_dict()
+    n = summary["rows"]
+    console.print(
+        f"through {check.runtime}: prompt ids equal {summary['prompt_ids_equal']}/{n}, identical greedy answers "
+        f"{summary['identical_generations']}/{n}, stops right {summary['stops_ok']}/{n}",
+        highlight=False,
+    )
+    if check.stops_missing:
+        console.print(f"[red]the export does not stop at: {', '.join(check.stops_missing)}[/]", highlight=False)
+    table = Table(title="rows that differ", title_justify="left")
+    for name in ("row", "prompt ids", "answer", "stop"):
+        table.add_column(name)
+    for row in check.rows:
+        if row.prompt_ids_equal and row.identical and row.stop_ok:
+            continue
+        prompt = "equal" if row.prompt_ids_equal else f"differ at token {row.prompt_first_difference}"
+        if row.error:
+            prompt = f"refused: {escape(row.error)}"
+        answer = "identical" if row.identical else f"diverges at token {row.first_divergence}"
+        table.add_row(str(row.row), prompt, answer, "ok" if row.stop_ok else "[red]runs past a stop token[/]")
+    if table.row_count:
+        console.print(table)
+
+
 class ProgressView(Progress):
     """A job drawn live: a spinner with a growing count while rows are encoded (their total is not known while
     they stream); a bar with loss, learning rate, tokens/s and ETA while training steps; notes and eval results as

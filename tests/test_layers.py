@@ -20,18 +20,20 @@ LAYERS = {
     "stats": 3, "encode": 3, "prepared": 3, "loading": 3,
     # 4: uses
     "preview": 4, "train": 4, "train_setup": 4, "callbacks": 4, "run_folder": 4, "batching": 4, "attention": 4,
-    "trainer": 4, "launch": 4, "generate": 4, "evaluate": 4, "merge": 4, "starter": 4,
+    "trainer": 4, "launch": 4, "generate": 4, "evaluate": 4, "merge": 4, "starter": 4, "export": 4,
     # 5: the command line and its view
     "cli": 5, "view": 5, "__main__": 5, "__init__": 5,
 }  # fmt: skip
 
 
 def imports_of(package: Path) -> dict[str, set[str]]:
-    """Each module of a package folder and the package modules it imports, wherever the import statement is."""
+    """Each module of a package folder and the package modules it imports, wherever the import statement is. A
+    subpackage (export/) counts as one module."""
     name = package.name
-    graph = {}
-    for path in sorted(package.glob("*.py")):
-        found = set()
+    graph: dict[str, set[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        module = path.relative_to(package).parts[0].removesuffix(".py")
+        found = graph.setdefault(module, set())
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(f"{name}."):
                 found.add(node.module.split(".")[1])
@@ -39,7 +41,7 @@ def imports_of(package: Path) -> dict[str, set[str]]:
                 found |= {alias.name for alias in node.names}
             elif isinstance(node, ast.Import):
                 found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(f"{name}.")}
-        graph[path.stem] = found - {path.stem}
+        found.discard(module)
     return graph
 
 
