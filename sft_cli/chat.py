@@ -299,6 +299,8 @@ def render_chat(tokenizer: ChatTokenizer, row: dict, options: RenderOptions) -> 
     last = trained[-1]
     whole = template.text(last + 1, False)
     together, alone, notes = [], [], []
+    if messages[-1]["role"] != "assistant":  # the turns after the last answer cannot train: say so
+        notes.append("ends_without_answer")
     last_together = None
     for i in trained:
         prompt, answer, turn_notes = _turn(template, i, options)

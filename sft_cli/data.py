@@ -12,6 +12,7 @@ from typing import Any
 from sft_cli.errors import DataError
 from sft_cli.recipe import CustomTemplate, Recipe
 from sft_cli.sources import count_records, iter_records
+from sft_cli.templates import template_fields
 
 FORMAT_FIELDS = {
     "alpaca": ("instruction", "input", "output"),
@@ -71,6 +72,26 @@ def detect_format(record: dict, columns: dict[str, str], source: str) -> str:
         f"{source}: cannot tell the data format from the columns {sorted(record)}",
         hint="set data.format (alpaca | prompt_completion | messages) and map columns with data.columns",
     )
+
+
+def check_columns(columns: dict[str, str], record: dict, fmt: str, source: str, extra: set[str]) -> None:
+    """Every `data.columns` mapping must apply: its field belongs to the format (or is a custom template's
+    placeholder, `extra`), and no column of the file already has the field's name (its column exists: checked
+    before the format is detected)."""
+    fields = set(FORMAT_FIELDS[fmt]) | extra
+    for field_name, column in columns.items():
+        where = f"data.columns.{field_name}"
+        if field_name not in fields:
+            raise DataError(
+                f"{source}: {where}: {field_name!r} is not a field of the {fmt} format ({', '.join(sorted(fields))})",
+                hint="map the format's field names to your columns, e.g. {output: answer}",
+            )
+        if field_name in record and field_name != column:
+            raise DataError(
+                f"{source}: {where}: maps column {column!r} to {field_name!r}, but the file has a {field_name!r} "
+                "column too; which one is meant?",
+                hint=f"rename or drop one of the two columns, or remove the mapping to use {field_name!r}",
+            )
 
 
 def _reverse(columns: dict[str, str]) -> dict[str, str]:
@@ -212,8 +233,16 @@ def row_batches(recipe: Recipe, split: str = "train", size: int = 1000) -> Itera
     first = next(records, None)
     if first is None:
         raise DataError(f"{path}: no rows")
+    # a mapped column must exist before the format is guessed from what the mapping gives
+    missing = next(((name, column) for name, column in data.columns.items() if column not in first[1]), None)
+    if missing:
+        raise DataError(
+            f"{path}: data.columns.{missing[0]}: the file has no column {missing[1]!r} "
+            f"(its columns: {', '.join(sorted(first[1]))})"
+        )
     fmt = data.format or detect_format(first[1], data.columns, path)
     keep_extra = isinstance(recipe.template, CustomTemplate)
+    check_columns(data.columns, first[1], fmt, path, template_fields(recipe.template) if keep_extra else set())
     chosen = _split_rows(recipe, path) if data.eval_fraction and not data.eval_path else None
     wanted = data.limit if split == "train" else None
     batch = Rows([], path, fmt)

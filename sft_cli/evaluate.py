@@ -75,6 +75,14 @@ def eval_recipe(run_dir: Path, data: Path) -> Recipe:
     return Recipe.from_encoding(encoding, record.base_model, {"path": str(data)})
 
 
+def has_answer(record: dict) -> bool:
+    """A row sft eval can score: an output or completion, or a chat whose last turn is the assistant's."""
+    if isinstance(record.get("messages"), list) and record["messages"]:
+        last = record["messages"][-1]
+        return isinstance(last, dict) and last.get("role") == "assistant"
+    return any(isinstance(record.get(key), str) and record[key].strip() for key in ("output", "completion"))
+
+
 def expected_answer(fields: dict) -> str:
     if "messages" in fields:
         return fields["messages"][-1]["content"]
@@ -114,6 +122,13 @@ def evaluate(
     on_batch=None,
 ) -> EvalResult:
     """Score one model (the run's, or its base with `base`) on the rows of `data`."""
+    records = read_records(str(data))
+    missing = next((n for n, record in enumerate(records, 1) if not has_answer(record)), None)
+    if missing is not None:
+        raise SftError(
+            f"{data}: eval needs an answer (output, completion or a final assistant turn); row {missing} has none",
+            hint="`sft generate RUN --file ROWS` answers rows without one",
+        )
     run = load_run(run_dir, base=base)
     recipe = eval_recipe(run_dir, data)
     rows = load_rows(recipe, "train")
@@ -121,7 +136,7 @@ def evaluate(
         rows.rows = rows.rows[:limit]
     if not rows.rows:
         raise SftError(f"{data}: no rows to evaluate")
-    tasks = {i: r.get("task") for i, r in enumerate(read_records(str(data)), 1)}
+    tasks = {i: r.get("task") for i, r in enumerate(records, 1)}
     encoded = encode_rows(rows, run.tokenizer, recipe, diagnose=False, options=replace(run.options, unmasked=False))
     loss, tokens = answer_loss(run, encoded.examples)
     answers = generate(run, [r.fields for r in rows.rows], sampling, on_batch=on_batch)

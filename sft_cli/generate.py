@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sft_cli.encode import prompt_ids
-from sft_cli.recipe import CustomTemplate
+from sft_cli.loading import load_model
+from sft_cli.recipe import CustomTemplate, ModelSection
 from sft_cli.rendered import RenderOptions
 from sft_cli.run_record import RunRecord, read_record
 from sft_cli.templates import render_options, render_prompt
@@ -39,9 +40,7 @@ def load_run(run_dir: Path, base: bool = False):
     """The run's model (full, LoRA base + adapter, or merged), or with `base` the untouched base model; always
     with the run's tokenizer (new special tokens included) and template."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sft_cli.loading import load_model
+    from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
     record = read_record(run_dir)
@@ -55,7 +54,7 @@ def load_run(run_dir: Path, base: bool = False):
 
             model = PeftModel.from_pretrained(model, run_dir)
     else:
-        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=dtype)
+        model = load_model(ModelSection(name=str(run_dir)), dtype)
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()

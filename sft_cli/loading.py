@@ -6,15 +6,23 @@ import os
 from pathlib import Path
 
 from sft_cli.errors import SftError
+from sft_cli.hub import hub_unreachable, looks_local
 from sft_cli.recipe import ModelSection, Recipe
 
 
 def model_location(model: ModelSection) -> tuple[str, dict]:
-    """(name or folder, from_pretrained kwargs): a path to a .gguf file becomes its folder + gguf_file."""
+    """(name or folder, from_pretrained kwargs): a path to a .gguf file becomes its folder + gguf_file. A local
+    path that does not exist is "not found" at once; a hub id without a reachable hub reads the hub cache only."""
+    name = model.name
+    if not Path(name).exists() and looks_local(name):
+        raise SftError(
+            f"model.name: not found: {name}", hint="give an existing model folder or .gguf file, or a hub id"
+        )
     kwargs: dict = {"trust_remote_code": model.trust_remote_code}
+    if not Path(name).exists() and hub_unreachable():
+        kwargs["local_files_only"] = True  # the hub cache, or a clear error in a second
     if model.revision:
         kwargs["revision"] = model.revision
-    name = model.name
     if name.endswith(".gguf") and Path(name).is_file():
         kwargs["gguf_file"] = Path(name).name
         return str(Path(name).parent), kwargs
@@ -25,9 +33,23 @@ def model_location(model: ModelSection) -> tuple[str, dict]:
 
 def _cannot_load(what: str, name: str, exc: Exception) -> SftError:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    unreachable = None if Path(name).exists() else hub_unreachable()
+    if unreachable:
+        reason = f"not in the hub cache, and the hub is out of reach ({unreachable})"
     return SftError(
         f"model.name: cannot load the {what} from {name}: {reason}",
         hint="give a hub id (needs internet), a local model folder, or a .gguf file",
+    )
+
+
+def _damaged_weights(name: str, exc: Exception) -> SftError:
+    """A weights file safetensors cannot read (truncated by a full disk or an interrupted copy)."""
+    files = sorted(Path(name).glob("*.safetensors")) if Path(name).is_dir() else []
+    where = ", ".join(str(f) for f in files) or name
+    return SftError(
+        f"{where}: the weights file is damaged ({exc})",
+        hint="copy or download the model again; a run folder's weights come back by training again or from a "
+        "checkpoint (--resume)",
     )
 
 
@@ -62,6 +84,10 @@ def load_model(model: ModelSection, dtype, quantization_config=None, vocab_size:
         loaded = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise _cannot_load("model", name, exc) from None
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise _damaged_weights(name, exc) from None
     if "gguf_file" in kwargs:
         config = loaded.config
         del config.quantization_config

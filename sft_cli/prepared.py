@@ -138,6 +138,8 @@ def prepare_split(
     folder = root / fp
     if cache and (found := load_prepared(folder, split, fp)):
         return found
+    if cache and folder.exists():  # a damaged entry (a file deleted by hand): built again below
+        shutil.rmtree(folder, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     aside = Path(tempfile.mkdtemp(prefix=f"{fp}.partial-", dir=root))
     try:
@@ -147,10 +149,9 @@ def prepare_split(
         )
         if not cache:
             return Prepared(split, aside, stats, warnings, False, fp)
-        shutil.rmtree(folder, ignore_errors=True)
         try:
             os.replace(aside, folder)
-        except OSError:  # another process finished the same entry first: theirs is identical
+        except OSError:  # another process finished the same entry first: theirs is identical, and may be in use
             shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(aside, ignore_errors=True)

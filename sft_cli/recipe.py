@@ -357,13 +357,28 @@ def _resolve_local(base: Path, value: str | None, suffixes: tuple[str, ...]) -> 
     return str(candidate.resolve()) if looks_local else value
 
 
+def _recipe_text(path: Path) -> str:
+    """The recipe's text; a file that is not UTF-8 is one error naming the line and column where decoding failed."""
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise RecipeError(
+            str(path),
+            [f"line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column})"],
+            hint="save the recipe as UTF-8 (most editors and `iconv -t UTF-8` can convert it)",
+        ) from None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> LoadedRecipe:
     """Read, override and validate a recipe; raise RecipeError listing every problem with its key and line."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
         raise RecipeError(source, ["file not found"], hint="`sft init` writes a starter recipe")
-    text = path.read_text(encoding="utf-8")
+    text = _recipe_text(path)
     try:
         node = yaml.compose(text)
         raw = yaml.safe_load(text)
@@ -418,5 +433,7 @@ def _check_files(recipe: Recipe, source: str) -> None:
     ):
         if value and Path(value).is_absolute() and not Path(value).exists():
             problems.append(f"{key}: not found: {value}")
+    if recipe.output.dir and Path(recipe.output.dir).exists() and not Path(recipe.output.dir).is_dir():
+        problems.append(f"output.dir: {recipe.output.dir} is a file, not a folder")
     if problems:
         raise RecipeError(source, problems)

@@ -16,7 +16,7 @@ from sft_cli.errors import SftError
 from sft_cli.recipe import EncodingSpec, ModelSection
 
 TEMPLATE_FILE, RUN_FILE, METRICS_FILE = "sft_template.json", "run.json", "metrics.jsonl"
-PLOT_FILE, RECIPE_FILE, CHECKPOINTS = "loss.png", "recipe.yaml", "checkpoints"
+PLOT_FILE, RECIPE_FILE, CHECKPOINTS, LOCK_FILE = "loss.png", "recipe.yaml", "checkpoints", ".lock"
 FORMAT = 2
 # version 1 wrote the contract fields flat; on_overflow was not recorded (generation never truncates)
 _V1_FIELDS = ("template", "loss", "loss_turns", "max_length", "special_tokens_in_text", "chat")

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sft_cli.errors import DataError
+from sft_cli.hub import hub_unreachable, looks_local, offline_requested
+from sft_cli.recipe import DATA_SUFFIXES
 
 BOM = b"\xef\xbb\xbf"
 BATCH = 1000
@@ -20,16 +22,45 @@ NOT_UTF8_HINT = "save the file as UTF-8 (most editors and `iconv -t UTF-8` can c
 
 
 def iter_records(path: str, split: str = "train") -> Iterator[tuple[int, dict]]:
-    """(number, record) for every record of a local file or folder, or of a hub dataset (needs internet)."""
+    """(number, record) for every record of a local file, a folder of data files (in name order, numbered on
+    across files), a `save_to_disk` folder, or a hub dataset (needs internet)."""
     local = Path(path)
-    suffix = local.suffix.lower()
     if local.is_file():
-        readers = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
-        if suffix not in readers:
-            raise DataError(f"{path}: unsupported file type {suffix!r}", hint="use .jsonl .json .csv or .parquet")
-        yield from readers[suffix](local)
+        yield from _file_records(local)
+        return
+    if local.is_dir() and not is_saved_dataset(local):
+        number = 0
+        for file in data_files(local):
+            for _, record in _file_records(file):
+                number += 1
+                yield number, record
         return
     yield from _dataset_records(open_dataset(path, split))
+
+
+def _file_records(path: Path) -> Iterator[tuple[int, dict]]:
+    readers = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
+    suffix = path.suffix.lower()
+    if suffix not in readers:
+        raise DataError(f"{path}: unsupported file type {suffix!r}", hint="use .jsonl .json .csv or .parquet")
+    yield from readers[suffix](path)
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """A folder written by `datasets`' save_to_disk (one dataset, or a dict of splits)."""
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def data_files(folder: Path) -> list[Path]:
+    """The data files of a folder (not its subfolders), as `datasets` reads a data_dir; none is an error."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"{folder}: a data folder holds .jsonl, .json, .csv or .parquet files, or a save_to_disk dataset; "
+            "this one has neither",
+            hint="point data.path at a data file, or at a folder of them",
+        )
+    return files
 
 
 def open_dataset(path: str, split: str):
@@ -44,8 +75,14 @@ def open_dataset(path: str, split: str):
                 raise DataError(f"{path}: no split {split!r}", hint=f"splits: {', '.join(loaded)} (data.split)")
             loaded = loaded[split]
         return loaded
-    if local.is_absolute() or path.startswith("."):
-        raise DataError(f"{path}: not found")
+    if looks_local(path):
+        raise DataError(f"{path}: not found", hint="a relative data path is read from the recipe's folder")
+    unreachable = hub_unreachable()
+    if unreachable and not offline_requested():
+        raise DataError(
+            f"{path}: not a local file or folder, and the Hugging Face hub is out of reach: {unreachable}",
+            hint="point data.path at a local file, or set HF_HUB_OFFLINE=1 to use a copy in the hub cache",
+        )
     try:
         return datasets.load_dataset(path, split=split)
     except Exception as exc:  # the hub raises many types; the user needs the reason, not the trace
@@ -144,6 +181,8 @@ def count_records(path: str, split: str = "train") -> int:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(local).metadata.num_rows
+    if local.is_dir() and not is_saved_dataset(local):
+        return sum(count_records(str(file)) for file in data_files(local))
     if not local.is_file():
         return len(open_dataset(path, split))
     return sum(1 for _ in iter_records(path, split))

@@ -24,6 +24,8 @@ WARNING_TEXT = {
     "tool_calls_dropped": "the chat template does not write this turn's tool calls, so the turn trains without them",
     "reasoning_dropped": "the chat template does not write this turn's reasoning, so it is not trained; a template "
     "variable may switch it on (chat.template_kwargs, e.g. enable_thinking: true)",
+    "ends_without_answer": "the chat ends with a user or tool turn after its last assistant answer: those last "
+    "turns are not trained (end the row with the assistant's answer, or drop them)",
     "end_token_missing": "the trained tokens do not end with an end token (EOS / end of turn): generation won't stop",
 }
 

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sft_cli.hub import hub_unreachable
+
 # Where the model ships no generation_config.json: tokens that end an assistant turn in common families.
 KNOWN_TURN_ENDS = (
     "<|im_end|>",
@@ -32,12 +34,15 @@ def _generation_config_eos(name_or_path: str) -> list[int] | None:
     try:
         if local.is_file():
             config = json.loads(local.read_text(encoding="utf-8"))
+        elif Path(name_or_path).is_dir() or not name_or_path:
+            return None  # a local model folder without one
         else:
             from transformers.utils import cached_file
 
             found = cached_file(
                 name_or_path,
                 "generation_config.json",
+                local_files_only=hub_unreachable() is not None,
                 _raise_exceptions_for_missing_entries=False,
                 _raise_exceptions_for_connection_errors=False,
             )

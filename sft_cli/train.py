@@ -25,7 +25,16 @@ from sft_cli.prepared import Prepared, prepare_split
 from sft_cli.progress import Progress
 from sft_cli.recipe import LoadedRecipe, Recipe
 from sft_cli.rendered import RenderOptions
-from sft_cli.run_folder import RunFolder, choose_run_dir, save_final_model, write_run_files
+from sft_cli.run_folder import (
+    RunFolder,
+    RunLock,
+    choose_run_dir,
+    clear_for_overwrite,
+    disk_full,
+    save_final_model,
+    trim_metrics,
+    write_run_files,
+)
 from sft_cli.run_record import RunRecord
 from sft_cli.templates import extra_special_tokens, render_options
 from sft_cli.train_setup import (
@@ -114,10 +123,16 @@ class Session:
     is_main: bool = True
     overwrite: bool = False
     progress: Progress = field(default_factory=Progress)
+    lock: RunLock | None = None  # the main process's hold on the run folder
 
     @property
     def tokenizer(self):
         return self.data.tokenizer
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def discard_temporary(self) -> None:
         if self.data.temporary and self.is_main:
@@ -127,15 +142,19 @@ class Session:
 # --- setup stages ----------------------------------------------------------------------------------------
 
 
-def setup_run_folder(loaded: LoadedRecipe, distributed, resume: bool, overwrite: bool) -> RunFolder:
-    """Decided once on the main process (a default folder name holds a timestamp), shared by every rank."""
+def setup_run_folder(
+    loaded: LoadedRecipe, distributed, resume: bool, overwrite: bool
+) -> tuple[RunFolder, RunLock | None]:
+    """Decided once on the main process (a default folder name holds a timestamp), shared by every rank; the
+    main process holds the folder's lock."""
     from accelerate.utils import broadcast_object_list
 
     decided = [choose_run_dir(loaded, resume, overwrite) if distributed.is_main_process else None]
     try:
-        return broadcast_object_list(decided)[0] if distributed.num_processes > 1 else decided[0]
+        folder, lock = broadcast_object_list(decided)[0] if distributed.num_processes > 1 else decided[0]
     except TypeError:  # rank 0 raised; the others stop quietly, rank 0 explains
         raise SystemExit(2) from None
+    return folder, lock if distributed.is_main_process else None
 
 
 def setup_data(recipe: Recipe, distributed, no_cache: bool, progress: Progress) -> TrainingData:
@@ -281,7 +300,18 @@ def prepare(
     recipe = loaded.recipe
     check_trainer_args(recipe.trainer_args, trainer_arg_names(), str(loaded.path))
     distributed = distributed_state()
-    run_folder = setup_run_folder(loaded, distributed, resume, overwrite)
+    run_folder, lock = setup_run_folder(loaded, distributed, resume, overwrite)
+    try:
+        return _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, stop_at_step, no_cache)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, stop_at_step, no_cache) -> Session:
+    """The stages after the run folder is held (see `prepare`)."""
+    recipe = loaded.recipe
     device, precision = pick_precision(recipe.training.precision)
     quantization_config = quantization(recipe)  # QLoRA without a GPU fails here, before any encoding
     data = setup_data(recipe, distributed, no_cache, progress)
@@ -296,9 +326,11 @@ def prepare(
         is_main=distributed.is_main_process,
         overwrite=overwrite,
         progress=progress,
+        lock=lock,
     )
     if dry_run:
         session.discard_temporary()
+        session.release()
         return session
     session.trainer = setup_trainer(
         recipe, run_folder, precision, data, model, session.state, progress, session.is_main
@@ -311,13 +343,28 @@ def prepare(
 
 
 def run(session: Session, argv: list[str] | None = None) -> RunResult:
-    """Train a prepared session, then save everything (rank 0 only)."""
+    """Train a prepared session, then save everything (rank 0 only); the run folder's lock is released at the
+    end, however the run ends."""
+    try:
+        return _run(session, argv)
+    except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError of its zip writer
+        full = disk_full(session.plan.run_dir, error)
+        if full is None:
+            raise
+        raise full from None
+    finally:
+        session.release()
+
+
+def _run(session: Session, argv: list[str] | None) -> RunResult:
     plan, trainer, loaded = session.plan, session.trainer, session.loaded
     run_dir = plan.run_dir
     if session.is_main:
-        if run_dir.exists() and session.overwrite and not plan.resume_from:
-            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if session.overwrite and not plan.resume_from:
+            clear_for_overwrite(run_dir)
+        if plan.resume_from:
+            trim_metrics(run_dir, plan.resume_from)
         session.progress.note(
             f"run folder {run_dir} | {plan.device} | {plan.precision} | {plan.train_examples} "
             f"examples | {plan.steps} steps | {plan.trainable_parameters:,} trainable parameters"

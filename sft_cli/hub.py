@@ -1,0 +1,38 @@
+"""Whether a name is a local path or a hub id, and whether the Hugging Face hub can be reached now. A missing local
+file is "not found" at once, never a hub lookup; without a network the first hub access fails in a second instead
+of after the hub client's retries; HF_HUB_OFFLINE=1 is honoured (only what the hub cache already holds)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow", ".gguf", ".safetensors", ".bin", ".yaml", ".yml")
+PROBE_SECONDS = 3.0
+
+
+def looks_local(name: str) -> bool:
+    """A name that reads as a path: `./`, `../`, `/` or `~`, a file suffix, or a parent folder that exists here."""
+    if name.startswith((".", "/", "~")) or Path(name).suffix.lower() in LOCAL_SUFFIXES:
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()
+
+
+def offline_requested() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be used now (offline mode, or its host does not answer), or None when it can."""
+    if offline_requested():
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+    except OSError as error:
+        return f"{host} cannot be reached ({error.strerror or error})"
+    return None
