@@ -19,14 +19,15 @@ exactly those literals become `plain` segments, tokenized as text.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from sft_cli.errors import DataError, SftError
-from sft_cli.rendered import ChatTokenizer, Rendered, RenderOptions, Segment
+from sft_cli.marking import MARK_START, mark, unmark
+from sft_cli.rendered import ChatTokenizer, Rendered, RenderOptions
 
-MARK_START, MARK_END = "\U000f0000", "\U000f0001"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+THINK_OPEN, THINK_CLOSE, THINK_SEPARATOR = "<think>", "</think>", "\n\n"
 
 
 def check_chat_template(tokenizer: ChatTokenizer) -> None:
@@ -35,40 +36,6 @@ def check_chat_template(tokenizer: ChatTokenizer) -> None:
             "template: chat needs a tokenizer with a chat template, and this one has none",
             hint="pick template: alpaca, human_assistant or special_tokens, or a custom template",
         )
-
-
-# --- marking row text -----------------------------------------------------------------------------------
-
-
-def _mark(value: Any, pattern: re.Pattern | None) -> Any:
-    """Wrap control-token literals in row strings (recursively through lists and dicts) in private-use marks."""
-    if pattern is None:
-        return value
-    if isinstance(value, str):
-        value = value.replace(MARK_START, "").replace(MARK_END, "")
-        return pattern.sub(lambda m: MARK_START + m.group(0) + MARK_END, value)
-    if isinstance(value, dict):
-        return {k: _mark(v, pattern) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mark(v, pattern) for v in value]
-    return value
-
-
-_MARKED = re.compile(f"{MARK_START}([^{MARK_START}{MARK_END}]*){MARK_END}|[{MARK_START}{MARK_END}]")
-
-
-def _unmark(text: str, kind: str) -> list[Segment]:
-    """Segments of a marked text: each marked literal a `plain` segment, lone marks dropped."""
-    segments, cursor = [], 0
-    for match in _MARKED.finditer(text):
-        if match.start() > cursor:
-            segments.append(Segment(text[cursor : match.start()], kind))
-        if match.group(1):
-            segments.append(Segment(match.group(1), kind, plain=True))
-        cursor = match.end()
-    if cursor < len(text):
-        segments.append(Segment(text[cursor:], kind))
-    return segments
 
 
 # --- messages as the family's template expects them ------------------------------------------------------
@@ -103,7 +70,7 @@ def template_messages(messages: list[dict], template: str, options: RenderOption
             if key:
                 message[key] = reasoning
             else:
-                message["content"] = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{message['content']}"
+                message["content"] = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}{THINK_SEPARATOR}{message['content']}"
         out.append(message)
     return out
 
@@ -127,7 +94,7 @@ class _Template:
         self.rendered: dict[tuple[int, bool], str] = {}  # the same history is asked for more than once
 
     def mark(self, value: Any) -> Any:
-        return _mark(value, self.pattern)
+        return mark(value, self.pattern)
 
     def reasoning(self, i: int) -> str | None:
         """Turn i's reasoning, marked; None when it has none."""
@@ -136,26 +103,60 @@ class _Template:
 
     def text(self, upto: int, generation_prompt: bool) -> str:
         if (upto, generation_prompt) not in self.rendered:
-            self.rendered[upto, generation_prompt] = self._render(upto, generation_prompt)
+            self.rendered[upto, generation_prompt] = self._render(self.messages[:upto], generation_prompt)
         return self.rendered[upto, generation_prompt]
 
-    def _render(self, upto: int, generation_prompt: bool) -> str:
+    def continued(self, upto: int) -> str:
+        """The first `upto` messages and a user turn after them: what the template writes once the conversation
+        goes on (Apertus closes an assistant turn only then)."""
+        return self._render([*self.messages[:upto], {"role": "user", "content": "."}], False)
+
+    def _render(self, messages: list[dict], generation_prompt: bool) -> str:
+        """The template's text; tool-call arguments go as a mapping (what most templates take, e.g. `| tojson`),
+        and as JSON text where the template concatenates them as a string (DeepSeek-V3.1 on the hub)."""
         import jinja2
 
         try:
-            return self.tokenizer.apply_chat_template(
-                self.messages[:upto],
-                tools=self.tools,
-                tokenize=False,
-                add_generation_prompt=generation_prompt,
-                **self.kwargs,
-            )
+            try:
+                return self._apply(messages, generation_prompt)
+            except TypeError:
+                as_text = _arguments_as_text(messages)
+                if as_text is None:
+                    raise
+                return self._apply(as_text, generation_prompt)
         except (jinja2.TemplateError, TypeError, KeyError, IndexError) as exc:
             message = str(exc) or type(exc).__name__
             hint = "fix the row, or set data.on_bad_row: skip to skip and count such rows"
             if "system" in message.lower():
                 hint = "set chat.system_message: merge_into_first_user (the template takes no system turn)"
             raise DataError(f"the chat template refused this chat: {message}", hint=hint) from None
+
+    def _apply(self, messages: list[dict], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tools=self.tools, tokenize=False, add_generation_prompt=generation_prompt, **self.kwargs
+        )
+
+
+def _arguments_as_text(messages: list[dict]) -> list[dict] | None:
+    """The messages with every tool call's mapping arguments as JSON text; None when there are none."""
+    changed, out = False, []
+    for message in messages:
+        calls = message.get("tool_calls") or []
+        if any(isinstance(c["function"].get("arguments"), dict) for c in calls):
+            changed = True
+            calls = [
+                {
+                    **c,
+                    "function": {
+                        **c["function"],
+                        "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False),
+                    },
+                }
+                for c in calls
+            ]
+            message = {**message, "tool_calls": calls}
+        out.append(message)
+    return out if changed else None
 
 
 def _stop_end(tail: str, stops: tuple[str, ...]) -> int:
@@ -204,8 +205,20 @@ def _turn(template: _Template, i: int, options: RenderOptions) -> tuple[str, str
     prompt = template.text(i, True)
     written = template.text(i + 1, False)
     reasoning = template.reasoning(i)
+    history = template.text(i, False)
+    opener = _THINK_OPENER.search(prompt)
     if written.startswith(prompt):
         tail = written[len(prompt) :]
+        answer = tail[: _stop_end(tail, options.stop_tokens)]
+    elif opener and written.startswith(prompt[: opener.start()]):
+        # the generation prompt opens a think block the history never shows (DeepSeek-R1, QwQ): the answer is
+        # what follows the prompt's header, with the reasoning written back inside the opened block
+        tail = written[opener.start() :]
+        answer = _with_think_block(tail[: _stop_end(tail, options.stop_tokens)], reasoning)
+    elif history and written.startswith(history) and _continues(written[len(history) :], prompt[len(history) :]):
+        # the turn continues the history's own block (Apertus keeps a tool result and the answer after it in one
+        # assistant block): the answer is what the turn adds, never the tool call or output before it
+        tail = written[len(history) :]
         answer = tail[: _stop_end(tail, options.stop_tokens)]
     elif (aligned := _align_end(prompt, written, options.control_tokens)) is not None:
         # the history was rewritten (Mistral drops or moves the system message), the prompt's end is intact
@@ -221,10 +234,10 @@ def _turn(template: _Template, i: int, options: RenderOptions) -> tuple[str, str
         opened, rest = prompt[common:], written[common:]
         answer = rest[: _stop_end(rest, options.stop_tokens)]
         if THINK_OPEN in opened and THINK_CLOSE not in opened:  # a think block the history never shows
-            if reasoning and reasoning in answer:
-                answer = answer.split(THINK_CLOSE, 1)[-1]
-            body = reasoning.strip("\n") if reasoning else ""
-            answer = (f"{body}\n" if body else "\n") + f"{THINK_CLOSE}\n\n" + answer.lstrip("\n")
+            answer = _with_think_block(answer, reasoning)
+    goes_on = i + 1 < len(template.messages) and template.messages[i + 1]["role"] != "user"  # a tool result
+    if not goes_on and not any(answer.endswith(stop) for stop in options.stop_tokens) and written.endswith(answer):
+        answer += _closing_stop(template, i, written, options.stop_tokens)
     notes = []
     if reasoning and reasoning.strip() and reasoning.strip() not in answer and options.train_reasoning:
         notes.append("reasoning_dropped")
@@ -232,6 +245,44 @@ def _turn(template: _Template, i: int, options: RenderOptions) -> tuple[str, str
     if any(call["function"]["name"] not in answer for call in calls):
         notes.append("tool_calls_dropped")
     return prompt, answer, tuple(notes)
+
+
+def _continues(tail: str, generation_suffix: str) -> bool:
+    """Whether the turn's text goes straight on from the history, sharing nothing with what the generation prompt
+    adds (Apertus' `<|assistant_start|>` is not written again inside an open block; a header is)."""
+    return bool(tail) and not (generation_suffix and tail[0] == generation_suffix[0])
+
+
+def _stripped(answer: str, stops: tuple[str, ...]) -> str:
+    """The answer without its closing stop token."""
+    return next((answer[: -len(stop)] for stop in stops if stop and answer.endswith(stop)), answer)
+
+
+def _closing_stop(template: _Template, i: int, written: str, stops: tuple[str, ...]) -> str:
+    """The stop token that ends turn i when the template writes it only once the conversation goes on: it belongs
+    to the answer, or the model never learns to stop. Empty when the template writes none."""
+    try:
+        continued = template.continued(i + 1)
+    except DataError:  # the template refuses a user turn here: nothing to learn from it
+        return ""
+    after = continued[len(written) :] if continued.startswith(written) else ""
+    return next((stop for stop in stops if after.startswith(stop)), "")
+
+
+_THINK_OPENER = re.compile(re.escape(THINK_OPEN) + r"\s*$")
+
+
+def _with_think_block(answer: str, reasoning: str | None) -> str:
+    """An answer after a prompt that opened `<think>`: the reasoning (or nothing), the close, then the answer as
+    the row wrote it. A turn with reasoning reached the template as `<think>..</think>` + THINK_SEPARATOR +
+    content (template_messages), and the template kept or cut the block: only that separator is removed, so an
+    answer's own leading newline stays."""
+    if reasoning is not None:
+        if THINK_CLOSE in answer:
+            answer = answer.split(THINK_CLOSE, 1)[-1]
+        answer = answer.removeprefix(THINK_SEPARATOR)
+    body = reasoning.strip("\n") if reasoning else ""
+    return (f"{body}\n" if body else "\n") + f"{THINK_CLOSE}{THINK_SEPARATOR}" + answer
 
 
 def _content_ranges(text: str, template: _Template, upto: int, skip: set[int]) -> list[tuple[int, int]]:
@@ -279,11 +330,11 @@ def _example(
         if start < cursor:  # a content range overlapping an answer: the answer wins
             continue
         if start > cursor:
-            segments += _unmark(text[cursor:start], "marker")
-        segments += _unmark(text[start:end], kind)
+            segments += unmark(text[cursor:start], "marker")
+        segments += unmark(text[start:end], kind)
         cursor = end
     if cursor < len(text):
-        segments += _unmark(text[cursor:], "marker")
+        segments += unmark(text[cursor:], "marker")
     return Rendered(tuple(s for s in segments if s.text), split, notes)
 
 
@@ -305,6 +356,8 @@ def render_chat(tokenizer: ChatTokenizer, row: dict, options: RenderOptions) -> 
     for i in trained:
         prompt, answer, turn_notes = _turn(template, i, options)
         notes += turn_notes
+        if "tool_calls_dropped" in turn_notes and not _stripped(answer, options.stop_tokens).strip():
+            continue  # the template wrote nothing of the turn: training its end token alone teaches silence
         cut = len(prompt) + (0 if options.train_reasoning else _reasoning_cut(answer, template, i))
         if whole.startswith(prompt + answer):
             together.append((len(prompt), cut, len(prompt) + len(answer)))

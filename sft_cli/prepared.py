@@ -32,7 +32,16 @@ from sft_cli.templates import render_options
 
 DATA_FILE, STATS_FILE = "data.arrow", "stats.json"
 # the modules whose code decides what an encoded row is: a change to any of them re-encodes
-ENCODING_MODULES = ("chat.py", "data.py", "encode.py", "rendered.py", "sources.py", "templates.py", "tokens.py")
+ENCODING_MODULES = (
+    "chat.py",
+    "data.py",
+    "encode.py",
+    "marking.py",
+    "rendered.py",
+    "sources.py",
+    "templates.py",
+    "tokens.py",
+)
 
 
 @dataclass

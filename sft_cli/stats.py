@@ -21,7 +21,8 @@ WARNING_TEXT = {
     "its usual leading space",
     "special_token_in_text": "row text contains a special token's literal text; it is tokenized as plain text "
     "(special_tokens_in_text: plain) or as the control token (control)",
-    "tool_calls_dropped": "the chat template does not write this turn's tool calls, so the turn trains without them",
+    "tool_calls_dropped": "the chat template does not write this turn's tool calls: the turn trains without them, "
+    "and a turn left empty is not trained (it would teach the model to answer a tool request with nothing)",
     "reasoning_dropped": "the chat template does not write this turn's reasoning, so it is not trained; a template "
     "variable may switch it on (chat.template_kwargs, e.g. enable_thinking: true)",
     "ends_without_answer": "the chat ends with a user or tool turn after its last assistant answer: those last "

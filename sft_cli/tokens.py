@@ -15,18 +15,6 @@ from pathlib import Path
 
 from sft_cli.hub import hub_unreachable
 
-# Where the model ships no generation_config.json: tokens that end an assistant turn in common families.
-KNOWN_TURN_ENDS = (
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<end_of_turn>",
-    "<|end|>",
-    "<|return|>",
-    "<|call|>",
-    "<｜end▁of▁sentence｜>",
-)
-
 
 def _generation_config_eos(name_or_path: str) -> list[int] | None:
     """The eos ids of the model's generation_config.json (local folder, or the hub with internet), if it has one."""
@@ -58,16 +46,44 @@ def _generation_config_eos(name_or_path: str) -> list[int] | None:
 
 
 def stop_tokens(tokenizer) -> tuple[str, ...]:
-    """Tokens that end a generated turn: the tokenizer's EOS and the model's generation eos ids (e.g. `<|eot_id|>`,
-    gpt-oss's `<|return|>` and `<|call|>`); without a generation config, known end-of-turn tokens in the vocabulary."""
+    """Tokens that end a generated turn, from the model's own files: the tokenizer's EOS and the generation
+    config's eos ids (e.g. `<|eot_id|>`, gpt-oss's `<|return|>` and `<|call|>`); without a generation config, the
+    control token the model's chat template writes right after an assistant's answer. Never a guess from another
+    family: gpt-oss's `<|end|>` closes a reasoning channel, while it ends Phi's turns."""
     found = [tokenizer.eos_token] if tokenizer.eos_token else []
     eos_ids = _generation_config_eos(getattr(tokenizer, "name_or_path", "") or "")
     if eos_ids is not None:
         found += [tokenizer.convert_ids_to_tokens(i) for i in eos_ids if 0 <= i < len(tokenizer)]
     else:
-        vocab = tokenizer.get_vocab()
-        found += [t for t in KNOWN_TURN_ENDS if t in vocab]
+        found += _template_turn_end(tokenizer)
     return tuple(dict.fromkeys(t for t in found if t))
+
+
+PROBE_ANSWER = "sft probe answer"
+
+
+def _template_turn_end(tokenizer) -> list[str]:
+    """The control token the chat template writes after an assistant's answer: as the conversation's last turn,
+    else (templates that close a turn only when the conversation goes on, like Apertus) before the next user
+    turn."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    specials = sorted(
+        {t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(tokenizer.all_special_tokens),
+        key=len,
+        reverse=True,
+    )
+    chat = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": PROBE_ANSWER}]
+    for messages in (chat, chat + [{"role": "user", "content": "Next."}]):
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception:  # a template that refuses the probe: no end of turn known beyond EOS
+            return []
+        after = text.partition(PROBE_ANSWER)[2].lstrip()
+        found = next((t for t in specials if t and after.startswith(t)), None)
+        if found:
+            return [found]
+    return []
 
 
 def control_tokens(tokenizer) -> tuple[str, ...]:

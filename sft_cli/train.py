@@ -21,6 +21,7 @@ from sft_cli.batching import BatchPlan, Collator, bins_dataset, plan_batches, se
 from sft_cli.callbacks import RunState, make_callbacks
 from sft_cli.errors import SftError
 from sft_cli.loading import load_model, load_tokenizer
+from sft_cli.plan import Plan, make_plan
 from sft_cli.prepared import Prepared, prepare_split
 from sft_cli.progress import Progress
 from sft_cli.recipe import LoadedRecipe, Recipe
@@ -48,33 +49,6 @@ from sft_cli.train_setup import (
     trainer_arg_names,
 )
 from sft_cli.trainer_fields import check_trainer_args
-
-
-@dataclass
-class Plan:
-    """What a run will do, known before any step: printed by --dry-run and recorded in run.json."""
-
-    run_dir: Path
-    device: str
-    precision: str
-    world_size: int
-    train_examples: int
-    eval_examples: int
-    train_tokens: int
-    trained_tokens: int
-    steps: int
-    dropped: int
-    truncated: int
-    trainable_parameters: int = 0
-    total_parameters: int = 0
-    new_tokens: list[str] = field(default_factory=list)
-    resume_from: str | None = None
-    batching: dict = field(default_factory=dict)  # layout, tokens per step, padding share, packing efficiency
-    attention: str = ""  # the attention implementation training runs with
-    prepared: dict = field(default_factory=dict)  # per split: fingerprint, whether the cache had it, folder
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -246,44 +220,6 @@ def setup_trainer(
     return trainer
 
 
-def make_plan(
-    recipe: Recipe,
-    run_folder: RunFolder,
-    device: str,
-    precision: str,
-    world: int,
-    data: TrainingData,
-    model: TrainingModel,
-) -> Plan:
-    t = recipe.training
-    train, evaluation = data.prepared["train"], data.prepared.get("eval")
-    per_step = t.batch_size * t.gradient_accumulation_steps * world
-    steps = t.max_steps or max(1, int(-(-data.batch_plan.items // per_step) * t.epochs))
-    return Plan(
-        run_dir=run_folder.path,
-        device=device,
-        precision=precision,
-        world_size=world,
-        train_examples=train.stats.examples,
-        eval_examples=evaluation.stats.examples if evaluation else 0,
-        train_tokens=train.stats.total_tokens,
-        trained_tokens=train.stats.trained_tokens,
-        steps=steps,
-        dropped=train.stats.dropped,
-        truncated=train.stats.truncated,
-        resume_from=run_folder.resume_from,
-        prepared={
-            split: {"fingerprint": p.fingerprint, "cached": p.cached, "folder": str(p.folder)}
-            for split, p in data.prepared.items()
-        },
-        batching=data.batch_plan.__dict__,
-        trainable_parameters=sum(p.numel() for p in model.model.parameters() if p.requires_grad),
-        total_parameters=sum(p.numel() for p in model.model.parameters()),
-        new_tokens=extra_special_tokens(recipe.template),
-        attention=model.attention,
-    )
-
-
 def prepare(
     loaded: LoadedRecipe,
     *,
@@ -316,7 +252,17 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
     quantization_config = quantization(recipe)  # QLoRA without a GPU fails here, before any encoding
     data = setup_data(recipe, distributed, no_cache, progress)
     model = setup_model(recipe, precision, data.tokenizer, quantization_config)
-    plan = make_plan(recipe, run_folder, device, precision, distributed.num_processes, data, model)
+    plan = make_plan(
+        recipe,
+        run_folder,
+        device,
+        precision,
+        distributed.num_processes,
+        data.prepared,
+        data.batch_plan,
+        model.model,
+        model.attention,
+    )
     session = Session(
         loaded,
         plan,

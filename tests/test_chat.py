@@ -1,4 +1,4 @@
-"""Chats through official chat templates of nine families (tests/chat_templates/, origin in SOURCES.md): for every
+"""Chats through official chat templates of thirteen families (tests/chat_templates/, origin in SOURCES.md): for every
 trained turn, the trained tokens are what the template writes for that turn through its stop token, nothing else
 trains, and the ids before the turn are its generation prompt tokenized as one text."""
 
@@ -69,6 +69,7 @@ def turns_of(tokenizer, encoded):
     return out
 
 
+DROPS_TOOL_CALLS = {"phi3.5", "granite3.3", "smollm3"}  # templates that do not write an assistant's tool calls
 EXPECTED_ERRORS = {
     ("gemma2", "system"): "System role not supported",
     ("gemma2", "tools"): "Conversation roles must alternate",
@@ -94,6 +95,8 @@ def test_trained_turns_are_the_templates_own_and_prompts_are_generation_prompts(
     messages = template_messages(normalise(chat, "messages", {}, False)["messages"], tokenizer.chat_template, options)
     assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     trained = assistants if loss_turns == "all" else assistants[-1:]
+    if family in DROPS_TOOL_CALLS:  # a turn of only tool calls that the template leaves out does not train
+        trained = [i for i in trained if not (messages[i].get("tool_calls") and not messages[i]["content"])]
     stop_ids = set(tokenizer.convert_tokens_to_ids(list(FAMILIES[family].stops)))
 
     def apply(upto, generation_prompt):
@@ -114,8 +117,16 @@ def test_trained_turns_are_the_templates_own_and_prompts_are_generation_prompts(
         written = apply(i + 1, False)
         if written.startswith(prompt):  # the common case: the answer is the template's text after the prompt
             tail = written[len(prompt) :]
-            first_stop = min(tail.find(stop) + len(stop) for stop in FAMILIES[family].stops if stop in tail)
-            assert text == tail[:first_stop]
+            stops = FAMILIES[family].stops
+            ends = [tail.find(stop) + len(stop) for stop in stops if stop in tail]
+            if ends:
+                expected = tail[: min(ends)]
+            else:  # the template closes the turn only once the conversation goes on (Apertus): the stop still trains
+                more = tokenizer.apply_chat_template(
+                    [*messages[: i + 1], {"role": "user", "content": "."}], tools=chat.get("tools"), tokenize=False
+                )
+                expected = tail + next(stop for stop in stops if more[len(written) :].startswith(stop))
+            assert text == expected
         assert last_id in stop_ids
 
 
@@ -191,6 +202,7 @@ def test_deepseek_r1_reasoning_goes_in_the_think_block_its_prompt_opens(family_t
         ("llama3.1", '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>'),
         ("qwen2.5", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'),
         ("gpt-oss", ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'),
+        ("apertus", '<|tools_prefix|>[{"get_weather": {"city": "Paris"}}]<|tools_suffix|>'),
         (
             "mistral-nemo",
             '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "call12345"}]</s>',
@@ -206,9 +218,63 @@ def test_tool_calls_train_and_tool_results_do_not(family_tokenizers, family, exp
     assert any("get_weather" in example.text and "Current weather" in example.text for example in encoded.examples)
 
 
-def test_templates_that_drop_tool_calls_are_flagged(family_tokenizers):
-    encoded, _ = encode_chat(family_tokenizers("phi3.5"), CHATS["tools"])
+@pytest.mark.parametrize(
+    ("family", "stop"), [("phi3.5", "<|end|>"), ("granite3.3", "<|end_of_text|>"), ("smollm3", "<|im_end|>")]
+)
+def test_templates_that_drop_tool_calls_do_not_train_the_emptied_turn(family_tokenizers, family, stop):
+    """The turn would train its end token alone: the model would learn to answer a tool request with nothing."""
+    tokenizer = family_tokenizers(family)
+    encoded, _ = encode_chat(tokenizer, CHATS["tools"], max_length=1024)
+    assert [text for _, text, _ in turns_of(tokenizer, encoded)] == [f"It is 21 C in Paris.{stop}"]
     assert "tool_calls_dropped" in [w.kind for w in encoded.warnings]
+
+
+def test_qwq_trains_the_answer_after_the_think_block_its_prompt_opens(family_tokenizers):
+    """QwQ's generation prompt opens `<think>\\n`, which its history never shows: the header's role word is prompt."""
+    tokenizer = family_tokenizers("qwq")
+    encoded, _ = encode_chat(tokenizer, CHATS["single"], chat={"template_kwargs": {"enable_thinking": True}})
+    [(before, text, _)] = turns_of(tokenizer, encoded)
+    assert decode(tokenizer, before).endswith("<|im_start|>assistant\n<think>\n")
+    assert text == "\n</think>\n\nParis.<|im_end|>"
+
+
+@pytest.mark.parametrize(("thinking", "expected"), [(True, "\n</think>\n\n\nParis."), (False, "\nParis.")])
+def test_deepseek_r1_keeps_an_answers_own_leading_newline(family_tokenizers, thinking, expected):
+    """With thinking on, the prompt opens `<think>\\n` (the empty block is written back); off, it closes it."""
+    tokenizer = family_tokenizers("deepseek-r1")
+    chat = {
+        "messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "\nParis."}]
+    }
+    encoded, _ = encode_chat(tokenizer, chat, chat={"template_kwargs": {"enable_thinking": thinking}})
+    assert only_run(tokenizer, encoded) == expected + "<｜end▁of▁sentence｜>"
+
+
+@pytest.mark.parametrize("loss_turns", ["all", "last"])
+def test_apertus_trains_the_end_of_turn_it_writes_only_when_the_chat_goes_on(family_tokenizers, loss_turns):
+    tokenizer = family_tokenizers("apertus")
+    encoded, _ = encode_chat(tokenizer, CHATS["multi"], loss_turns=loss_turns, max_length=1024)
+    answers = ("Tokyo.", "Paris.", "Rome.") if loss_turns == "all" else ("Rome.",)
+    assert sorted(t for _, t, _ in turns_of(tokenizer, encoded)) == sorted(f"{a}<|assistant_end|>" for a in answers)
+    assert "end_token_missing" not in [w.kind for w in encoded.warnings]
+
+
+@pytest.mark.parametrize("hub_form", [False, True])
+def test_tool_arguments_render_in_the_form_the_template_takes(family_tokenizers, tmp_path, hub_form):
+    """llama.cpp's copy of DeepSeek-V3.1's template passes arguments through `| tojson` (a mapping); the hub's
+    concatenates them as text. Arguments given as JSON text train as the same call either way."""
+    import copy
+    import json
+
+    tokenizer = family_tokenizers("deepseek-v3.1")
+    if hub_form:
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.chat_template = tokenizer.chat_template.replace("['arguments'] | tojson", "['arguments']")
+        assert "| tojson" not in tokenizer.chat_template.split("tool_calls", 1)[-1].split("endfor", 1)[0]
+    chat = copy.deepcopy(CHATS["tools"])
+    chat["messages"][1]["tool_calls"][0]["function"]["arguments"] = json.dumps({"city": "Paris"})
+    encoded, _ = encode_chat(tokenizer, chat, max_length=1024)
+    texts = [text for _, text, _ in turns_of(tokenizer, encoded)]
+    assert any('get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜>' in text for text in texts), texts
 
 
 def test_gemma_system_message_merged_into_first_user_turn(family_tokenizers):
@@ -291,3 +357,23 @@ def test_instruction_templates_keep_row_text_plain_too(tiny_path):
     [example] = encode_rows(rows, tokenizer, recipe).examples
     eos = tokenizer.eos_token_id  # <|im_end|> is this tokenizer's EOS: only the template's own one is a token
     assert example.input_ids.count(eos) == 1 and example.input_ids[-1] == eos
+
+
+@pytest.mark.parametrize(("family", "stops"), [("gpt-oss", ("<|return|>",)), ("phi3.5", ("<|endoftext|>", "<|end|>"))])
+def test_without_a_generation_config_stops_come_from_the_models_own_template(tiny_path, tmp_path, family, stops):
+    """gpt-oss closes its reasoning channel with `<|end|>`, which ends Phi's turns: a folder without
+    generation_config.json must still train gpt-oss's final channel through `<|return|>`."""
+    from families import CHATS
+
+    from sft_cli.tokens import stop_tokens
+
+    folder = build_family_tokenizer(FAMILIES[family], tiny_path, tmp_path / family)
+    (folder / "generation_config.json").unlink()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert stop_tokens(tokenizer) == stops
+    encoded, _ = encode_chat(tokenizer, CHATS["reasoning"], max_length=512)
+    trained = [text for _, text, _ in turns_of(tokenizer, encoded)]
+    for answer in ("42", "84"):  # every assistant turn trains through its answer and the model's own end of turn
+        assert any(text.endswith(answer + stops[-1]) for text in trained), trained
+    if family == "gpt-oss":
+        assert all("<|channel|>final<|message|>" in text for text in trained), trained

@@ -15,12 +15,12 @@ LAYERS = {
     # 1: the recipe, the run record, errors, the progress protocol
     "errors": 1, "hub": 1, "recipe": 1, "run_record": 1, "progress": 1, "trainer_fields": 1,
     # 2: rows and rendering
-    "sources": 2, "data": 2, "rendered": 2, "templates": 2, "chat": 2, "tokens": 2,
+    "sources": 2, "marking": 2, "data": 2, "rendered": 2, "templates": 2, "chat": 2, "tokens": 2,
     # 3: encoding, and loading what encodes
     "stats": 3, "encode": 3, "prepared": 3, "loading": 3,
     # 4: uses
     "preview": 4, "train": 4, "train_setup": 4, "callbacks": 4, "run_folder": 4, "batching": 4, "attention": 4,
-    "trainer": 4, "launch": 4, "generate": 4, "evaluate": 4, "merge": 4, "starter": 4, "export": 4,
+    "trainer": 4, "plan": 4, "launch": 4, "generate": 4, "evaluate": 4, "merge": 4, "starter": 4, "export": 4,
     # 5: the command line and its view
     "cli": 5, "view": 5, "__main__": 5, "__init__": 5,
 }  # fmt: skip

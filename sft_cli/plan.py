@@ -1,0 +1,81 @@
+"""What a run will do, known before any step: printed by `sft train --dry-run` and recorded in run.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sft_cli.batching import BatchPlan
+from sft_cli.prepared import Prepared
+from sft_cli.recipe import Recipe
+from sft_cli.run_folder import RunFolder
+from sft_cli.templates import extra_special_tokens
+
+
+@dataclass
+class Plan:
+    """What a run will do, known before any step: printed by --dry-run and recorded in run.json."""
+
+    run_dir: Path
+    device: str
+    precision: str
+    world_size: int
+    train_examples: int
+    eval_examples: int
+    train_tokens: int
+    trained_tokens: int
+    steps: int
+    dropped: int
+    truncated: int
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    new_tokens: list[str] = field(default_factory=list)
+    resume_from: str | None = None
+    batching: dict = field(default_factory=dict)  # layout, tokens per step, padding share, packing efficiency
+    attention: str = ""  # the attention implementation training runs with
+    prepared: dict = field(default_factory=dict)  # per split: fingerprint, whether the cache had it, folder
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def make_plan(
+    recipe: Recipe,
+    run_folder: RunFolder,
+    device: str,
+    precision: str,
+    world: int,
+    prepared: dict[str, Prepared],
+    batch_plan: BatchPlan,
+    model,
+    attention: str,
+) -> Plan:
+    """The plan from the setup stages' results: the prepared splits, the batch plan and the model."""
+    t = recipe.training
+    train, evaluation = prepared["train"], prepared.get("eval")
+    per_step = t.batch_size * t.gradient_accumulation_steps * world
+    steps = t.max_steps or max(1, int(-(-batch_plan.items // per_step) * t.epochs))
+    return Plan(
+        run_dir=run_folder.path,
+        device=device,
+        precision=precision,
+        world_size=world,
+        train_examples=train.stats.examples,
+        eval_examples=evaluation.stats.examples if evaluation else 0,
+        train_tokens=train.stats.total_tokens,
+        trained_tokens=train.stats.trained_tokens,
+        steps=steps,
+        dropped=train.stats.dropped,
+        truncated=train.stats.truncated,
+        resume_from=run_folder.resume_from,
+        prepared={
+            split: {"fingerprint": p.fingerprint, "cached": p.cached, "folder": str(p.folder)}
+            for split, p in prepared.items()
+        },
+        batching=batch_plan.__dict__,
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_parameters=sum(p.numel() for p in model.parameters()),
+        new_tokens=extra_special_tokens(recipe.template),
+        attention=attention,
+    )
