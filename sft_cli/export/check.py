@@ -171,7 +171,8 @@ def check_gguf(run: LoadedRun, path: Path, rows: list[Row], sft: list, max_new_t
     """The GGUF file through llama.cpp: its tokenizer, its chat template metadata, its end-of-generation set."""
     from sft_cli.export.llama_cpp import GgufModel
 
-    gguf = GgufModel(path)
+    longest = max((len(prompt) + len(ids) for prompt, ids in sft), default=0)
+    gguf = GgufModel(path, context=max(2048, longest + max_new_tokens + 64))  # the longest chat fits
     trained = set(stop_ids(run))
     missing = [run.tokenizer.convert_ids_to_tokens(t) for t in sorted(trained) if not gguf.is_stop(t)]
     report = CheckReport("llama.cpp", stops_missing=missing)

@@ -143,6 +143,7 @@ class GgufModel:
         try:
             import llama_cpp.llama_cpp as low
             from llama_cpp import Llama
+            from llama_cpp._utils import suppress_stdout_stderr
         except ImportError:
             raise SftError("checking a GGUF export needs llama-cpp-python", hint=INSTALL_HINT) from None
         # Without llama.cpp's repacked weight layouts ("extra buffer types"): on this project's AVX-512 test CPU
@@ -158,10 +159,11 @@ class GgufModel:
 
         low.llama_model_default_params = plain_layout
         try:
-            self.llm = Llama(
-                model_path=str(path), n_ctx=context, n_threads=os.cpu_count() or 1, seed=0, verbose=False,
-                vocab_only=vocab_only,
-            )  # fmt: skip
+            with suppress_stdout_stderr(disable=False):  # llama.cpp's C code logs to stderr past verbose=False
+                self.llm = Llama(
+                    model_path=str(path), n_ctx=context, n_threads=os.cpu_count() or 1, seed=0, verbose=False,
+                    vocab_only=vocab_only,
+                )  # fmt: skip
         finally:
             low.llama_model_default_params = defaults
         self.metadata = self.llm.metadata
