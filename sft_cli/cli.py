@@ -402,6 +402,45 @@ def export(
         raise typer.Exit(1)
 
 
+@command
+def smoke(
+    recipes: list[Path] = typer.Argument(
+        ..., help="Recipe files (a shell glob works: configs/*.yaml).", show_default=False
+    ),
+    set_: list[str] | None = SetOpt,
+    rows: int = typer.Option(64, "--rows", min=1, help="Rows of each data source to use."),
+    steps: int = typer.Option(4, "--steps", min=2, help="Training steps (a checkpoint at half of them)."),
+    junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML here (one case per stage)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Run each recipe end to end on a tiny model of its own architecture (validate, preview, train, reload,
+    resume, generate, export) on a CPU, for CI. Exit 0 only when every stage passed; 2 when a recipe, its data or
+    its model needs fixing, 1 when something else failed."""
+    from rich.markup import escape
+
+    from sft_cli.smoke import smoke_recipe, write_junit
+    from sft_cli.view import ProgressView, render_smoke
+
+    quiet_libraries()
+    progress = ProgressView(err)
+    results = []
+    for recipe in recipes:
+        progress.note(f"smoke: {recipe}")
+        results.append(smoke_recipe(recipe, set_ or [], rows, steps))
+    if junit:
+        write_junit(junit, results)
+    if as_json:
+        sys.stdout.write(json.dumps({"results": [r.as_dict() for r in results]}, ensure_ascii=False) + "\n")
+    else:
+        render_smoke(out, results)
+    failures = [(r.recipe, r.failure) for r in results if r.failure]
+    for recipe, stage in failures:
+        err.print(f"[bold red]error:[/] {escape(recipe)}: {stage.name}: {escape(stage.message)}", highlight=False,
+                  soft_wrap=True)  # fmt: skip
+    if failures:  # 2: the recipes, their data or models need fixing; 1: something else broke
+        raise typer.Exit(2 if all(stage.user_error for _, stage in failures) else 1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

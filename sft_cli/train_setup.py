@@ -108,6 +108,7 @@ def lora_model(model, recipe: Recipe, new_token_ids: list[int]):
     from peft import LoraConfig, get_peft_model
 
     lora = recipe.lora
+    check_target_modules(model, lora.target_modules)
     trainable_tokens = None
     if new_token_ids:
         names = {module: name for name, module in model.named_modules()}
@@ -127,6 +128,23 @@ def lora_model(model, recipe: Recipe, new_token_ids: list[int]):
         # PEFT wraps a tied output layer but does not expose its `bias`, which TRL's fused LM head reads
         output.bias = original.bias
     return peft_model
+
+
+def check_target_modules(model, targets: str | list[str]) -> None:
+    """Every module name lora.target_modules lists exists in the model (PEFT's own error lists none of them)."""
+    if isinstance(targets, str):
+        return  # "all-linear", or a regular expression PEFT matches itself
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        kind = type(model).__name__
+        raise SftError(
+            f"lora.target_modules: {', '.join(missing)} not in {kind}; its linear modules: {', '.join(linear)}",
+            hint="name some of those, or use target_modules: all-linear",
+        )
 
 
 def quantization(recipe: Recipe):

@@ -205,6 +205,23 @@ def render_export(console: Console, result) -> None:
         console.print(table)
 
 
+def render_smoke(console: Console, results) -> None:
+    """Each recipe's stages with status, seconds and what they found."""
+    colours = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
+    for result in results:
+        total = sum(stage.seconds for stage in result.stages)
+        verdict = "[green]passed[/]" if result.passed else "[bold red]FAILED[/]"
+        table = Table(title=f"{escape(result.recipe)}: {verdict} ({total:.0f} s)", title_justify="left")
+        for name in ("stage", "status", "seconds", "detail"):
+            table.add_column(name)
+        for stage in result.stages:
+            colour = colours[stage.status]
+            table.add_row(stage.name, f"[{colour}]{stage.status}[/]", f"{stage.seconds:.1f}", escape(stage.message))
+        console.print(table)
+        if result.folder:
+            console.print(f"kept for inspection: {result.folder}", highlight=False)
+
+
 class ProgressView(Progress):
     """A job drawn live: a spinner with a growing count while rows are encoded (their total is not known while
     they stream); a bar with loss, learning rate, tokens/s and ETA while training steps; notes and eval results as
