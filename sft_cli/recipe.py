@@ -11,6 +11,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from sft_cli.errors import RecipeError
+from sft_cli.recipe_yaml import apply_overrides, key_lines, recipe_text
 
 TEMPLATE_NAMES = ("alpaca", "human_assistant", "special_tokens", "chat")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -250,60 +251,6 @@ class LoadedRecipe(typing.NamedTuple):
         return self.path.stem
 
 
-# --- YAML with line numbers --------------------------------------------------------------------------
-
-
-def _key_lines(node: yaml.Node, prefix: tuple = (), lines: dict | None = None, dupes: list | None = None):
-    """Map each key path in a YAML node tree to its 1-based line; collect duplicate keys."""
-    lines = {} if lines is None else lines
-    dupes = [] if dupes is None else dupes
-    if isinstance(node, yaml.MappingNode):
-        seen = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            path = prefix + (key,)
-            if key in seen:
-                dupes.append(f"{'.'.join(map(str, path))} (line {key_node.start_mark.line + 1}): duplicate key")
-            seen.add(key)
-            lines[path] = key_node.start_mark.line + 1
-            _key_lines(value_node, path, lines, dupes)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[prefix + (i,)] = item.start_mark.line + 1
-            _key_lines(item, prefix + (i,), lines, dupes)
-    return lines, dupes
-
-
-def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
-    """`a.b=c` -> (("a", "b"), c), the value read as a YAML scalar (so 1e-4 is a number, true a bool)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise RecipeError("--set", [f"{text!r}: expected key.path=value, e.g. training.learning_rate=1e-4"])
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    return tuple(key.strip().split(".")), parsed
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> set[tuple[str, ...]]:
-    """Apply `--set` overrides in place; returns the key paths they touched."""
-    touched = set()
-    for text in overrides:
-        path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise RecipeError("--set", [f"{text!r}: {part} is not a section"])
-            node = child
-        node[path[-1]] = value
-        touched.add(path)
-    return touched
-
-
 def _section_fields(loc: tuple) -> list[str]:
     """Field names allowed at a location in the schema (for did-you-mean)."""
     model: type[BaseModel] = Recipe
@@ -357,28 +304,13 @@ def _resolve_local(base: Path, value: str | None, suffixes: tuple[str, ...]) -> 
     return str(candidate.resolve()) if looks_local else value
 
 
-def _recipe_text(path: Path) -> str:
-    """The recipe's text; a file that is not UTF-8 is one error naming the line and column where decoding failed."""
-    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        column = exc.start - raw.rfind(b"\n", 0, exc.start)
-        raise RecipeError(
-            str(path),
-            [f"line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column})"],
-            hint="save the recipe as UTF-8 (most editors and `iconv -t UTF-8` can convert it)",
-        ) from None
-
-
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> LoadedRecipe:
     """Read, override and validate a recipe; raise RecipeError listing every problem with its key and line."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
         raise RecipeError(source, ["file not found"], hint="`sft init` writes a starter recipe")
-    text = _recipe_text(path)
+    text = recipe_text(path)
     try:
         node = yaml.compose(text)
         raw = yaml.safe_load(text)
@@ -391,7 +323,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(source, ["the top level must be a mapping of sections (model:, data:, ...)"])
-    lines, problems = _key_lines(node) if node is not None else ({}, [])
+    lines, problems = key_lines(node) if node is not None else ({}, [])
     touched = apply_overrides(raw, overrides or [])
     try:
         recipe = Recipe.model_validate(raw)

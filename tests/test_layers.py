@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sft_cli"
 
 LAYERS = {
     # 1: the recipe, the run record, errors, the progress protocol
-    "errors": 1, "hub": 1, "recipe": 1, "run_record": 1, "progress": 1, "trainer_fields": 1,
+    "errors": 1, "hub": 1, "recipe": 1, "recipe_yaml": 1, "run_record": 1, "progress": 1, "trainer_fields": 1,
     # 2: rows and rendering
     "sources": 2, "marking": 2, "data": 2, "rendered": 2, "templates": 2, "chat": 2, "tokens": 2,
     # 3: encoding, and loading what encodes
@@ -23,7 +23,7 @@ LAYERS = {
     "trainer": 4, "plan": 4, "launch": 4, "generate": 4, "evaluate": 4, "merge": 4, "starter": 4, "export": 4,
     "smoke": 4, "smoke_model": 4,
     # 5: the command line and its view
-    "cli": 5, "view": 5, "__main__": 5, "__init__": 5,
+    "cli": 5, "cli_base": 5, "cli_runs": 5, "view": 5, "__main__": 5, "__init__": 5,
 }  # fmt: skip
 
 
