@@ -4,6 +4,7 @@ of after the hub client's retries; HF_HUB_OFFLINE=1 is honoured (only what the h
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from pathlib import Path
@@ -31,6 +32,13 @@ def hub_unreachable() -> str | None:
         return "HF_HUB_OFFLINE is set"
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    return _probe(host, port)
+
+
+@functools.cache
+def _probe(host: str, port: int) -> str | None:
+    """One connection attempt per host and process: a run asks for the tokenizer, the model and its generation
+    config, and a network that drops packets would otherwise cost the timeout each time."""
     try:
         socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
     except OSError as error:

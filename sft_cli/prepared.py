@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sft_cli.data import row_batches, source_of
+from sft_cli.folders import build_aside, cache_home, move_into_place
 from sft_cli.progress import Progress
 from sft_cli.recipe import Recipe
 from sft_cli.rendered import RenderOptions
@@ -72,7 +73,7 @@ def cache_root(recipe: Recipe) -> Path:
         return Path(recipe.data.cache_dir)
     if os.environ.get("SFT_CACHE_DIR"):
         return Path(os.environ["SFT_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sft" / "prepared"
+    return cache_home() / "prepared"
 
 
 def _code_version() -> str:
@@ -149,8 +150,7 @@ def prepare_split(
         return found
     if cache and folder.exists():  # a damaged entry (a file deleted by hand): built again below
         shutil.rmtree(folder, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    aside = Path(tempfile.mkdtemp(prefix=f"{fp}.partial-", dir=root))
+    aside = build_aside(folder)
     try:
         stats, warnings = _encode_to(aside, recipe, tokenizer, split, options, num_proc, progress or Progress())
         (aside / STATS_FILE).write_text(
@@ -158,10 +158,7 @@ def prepare_split(
         )
         if not cache:
             return Prepared(split, aside, stats, warnings, False, fp)
-        try:
-            os.replace(aside, folder)
-        except OSError:  # another process finished the same entry first: theirs is identical, and may be in use
-            shutil.rmtree(aside, ignore_errors=True)
+        move_into_place(aside, folder)  # another process's identical entry, finished first, stays
     except BaseException:
         shutil.rmtree(aside, ignore_errors=True)
         raise

@@ -9,12 +9,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from sft_cli.errors import SftError
+from sft_cli.folders import build_aside, cache_home, move_into_place
 from sft_cli.loading import model_location
 from sft_cli.recipe import ModelSection
 
@@ -24,7 +23,7 @@ KEPT = ("architectures", "vocab_size", "tie_word_embeddings", "sliding_window", 
 
 
 def smoke_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sft" / "smoke"
+    return cache_home() / "smoke"
 
 
 def tiny_config(config):
@@ -62,6 +61,7 @@ def tiny_model(model: ModelSection) -> tuple[Path, bool]:
     folder = smoke_cache() / _identity(model)
     if (folder / "config.json").is_file():
         return folder, True
+    shutil.rmtree(folder, ignore_errors=True)  # a build cut short
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     name, kwargs = model_location(model)
@@ -90,17 +90,8 @@ def tiny_model(model: ModelSection) -> tuple[Path, bool]:
         built.generation_config = GenerationConfig.from_pretrained(name, **kwargs)
     except (OSError, ValueError):
         pass
-    partial = Path(tempfile.mkdtemp(prefix="tiny.partial-", dir=_made(folder.parent)))
+    partial = build_aside(folder)
     built.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        os.replace(partial, folder)
-    except OSError:  # another smoke run built the same one first
-        shutil.rmtree(partial, ignore_errors=True)
+    move_into_place(partial, folder)
     return folder, False
-
-
-def _made(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

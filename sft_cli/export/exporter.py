@@ -113,13 +113,10 @@ def export_run(
         stops = run.tokenizer.convert_ids_to_tokens(stop_ids(run))
         job = ExportJob(run, run_dir, dtype, aside, rows, sft, max_new_tokens, progress, {"stop_tokens": stops})
         report = spec.write(job)
-    except OSError as error:
+    except BaseException as error:
         shutil.rmtree(aside, ignore_errors=True)
-        if error.errno == errno.ENOSPC:
+        if getattr(error, "errno", None) == errno.ENOSPC:
             raise SftError(f"{aside.parent}: no space left on the device while exporting") from None
-        raise
-    except BaseException:
-        shutil.rmtree(aside, ignore_errors=True)
         raise
     files = sorted([*(p.name for p in aside.iterdir()), REPORT_FILE])
     result = ExportResult(output, fmt, dtype, files, time.perf_counter() - started, report, job.facts)

@@ -22,9 +22,7 @@ def export_gguf(job: ExportJob) -> CheckReport | None:
     job.progress.note("writing the merged model as an f32 HF folder for llama.cpp's converter")
     write_hf_folder(job.run, hf_copy, "f32", job.run_dir)
     converter = f"llama.cpp from llama-cpp-python {bindings_version()}"
-    job.progress.note(
-        f"converting to GGUF {job.dtype} with llama.cpp's converter (llama-cpp-python {bindings_version()})"
-    )
+    job.progress.note(f"converting to GGUF {job.dtype} with the converter of {converter}")
     convert(hf_copy, gguf_path(job), job.dtype)
     shutil.rmtree(hf_copy)
     job.facts["converter"] = converter

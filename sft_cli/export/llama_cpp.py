@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from sft_cli.errors import SftError
+from sft_cli.folders import build_aside, cache_home, move_into_place
 
 CONVERTER = "convert_hf_to_gguf.py"
 KEEP = (CONVERTER, "conversion/", "gguf-py/")  # what the converter imports, relative to the llama.cpp root
@@ -37,10 +38,6 @@ def bindings_version() -> str:
         ) from None
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sft"
-
-
 def converter_dir() -> Path:
     """The llama.cpp folder whose convert_hf_to_gguf.py sft runs: $SFT_LLAMA_CPP, else the cached copy for the
     installed bindings' version, fetched now if absent."""
@@ -50,9 +47,10 @@ def converter_dir() -> Path:
             raise SftError(f"SFT_LLAMA_CPP={own}: no {CONVERTER} there", hint="point it at a llama.cpp checkout")
         return Path(own)
     version = bindings_version()
-    folder = cache_root() / "llama.cpp" / version
+    folder = cache_home() / "llama.cpp" / version
     if (folder / CONVERTER).is_file():
         return folder
+    shutil.rmtree(folder, ignore_errors=True)  # a copy cut short
     return fetch_converter(version, folder)
 
 
@@ -69,20 +67,18 @@ def fetch_converter(version: str, folder: Path) -> Path:
                 f"cannot fetch llama.cpp's converter (llama-cpp-python {version} sources from PyPI): {reason}",
                 hint="connect to PyPI once, or set SFT_LLAMA_CPP to a llama.cpp checkout",
             )
-        partial = Path(tempfile.mkdtemp(prefix=f"{version}.partial-", dir=_made(folder.parent)))
-        with tarfile.open(archives[0]) as archive:
-            for member in archive.getmembers():
-                _, _, inside = member.name.partition("/vendor/llama.cpp/")
-                if inside and inside.startswith(KEEP) and (member.isfile() or member.isdir()):
-                    member.name = inside
-                    archive.extract(member, partial, filter="data")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)
-    return folder
-
-
-def _made(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+        partial = build_aside(folder)
+        try:
+            with tarfile.open(archives[0]) as archive:
+                for member in archive.getmembers():
+                    _, _, inside = member.name.partition("/vendor/llama.cpp/")
+                    if inside and inside.startswith(KEEP) and (member.isfile() or member.isdir()):
+                        member.name = inside
+                        archive.extract(member, partial, filter="data")
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        move_into_place(partial, folder)
     return folder
 
 
@@ -167,9 +163,6 @@ class GgufModel:
         finally:
             low.llama_model_default_params = defaults
         self.metadata = self.llm.metadata
-
-    def token_text(self, token: int) -> str:
-        return self.llm._model.token_get_text(token)
 
     def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """Prompt ids for a chat, as llama-cpp-python's chat completion builds them from the GGUF's template."""
