@@ -1,4 +1,4 @@
-"""Trainer callbacks: metrics.jsonl and the progress view, Ctrl-C as save-and-stop, early stopping."""
+"""Trainer callbacks: metrics.jsonl, the trackers and the progress view, Ctrl-C as save-and-stop, early stopping."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft_cli.progress import Progress
 from sft_cli.recipe import Recipe
 from sft_cli.run_record import METRICS_FILE
+from sft_cli.trackers import Trackers
 
 
 @dataclass
@@ -22,14 +23,19 @@ class RunState:
     interrupted: bool = False
     train_seconds: float = 0.0
     tokens_seen: int = 0
+    last_eval: dict = field(default_factory=dict)  # the last evaluation's losses (overall and per source)
 
 
-def make_callbacks(recipe: Recipe, run_dir: Path, progress: Progress, is_main: bool, state: RunState):
-    """The run's callbacks: the monitor below, and early stopping when the recipe asks for it."""
+def make_callbacks(
+    recipe: Recipe, run_dir: Path, progress: Progress, is_main: bool, state: RunState, trackers: Trackers | None
+):
+    """The run's callbacks: the monitor below, and early stopping when the recipe asks for it. `trackers`: the
+    main process's experiment trackers, started by the run before the first step."""
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class Monitor(TrainerCallback):
-        """Writes metrics.jsonl, drives the progress view, and turns Ctrl-C into save-and-stop."""
+        """Writes metrics.jsonl, feeds the trackers, drives the progress view, and turns Ctrl-C into
+        save-and-stop."""
 
         def __init__(self):
             self.start_time = time.perf_counter()
@@ -66,6 +72,11 @@ def make_callbacks(recipe: Recipe, run_dir: Path, progress: Progress, is_main: b
                 record["tokens_per_s"] = round(tokens / elapsed, 1) if elapsed > 0 else None
             with (run_dir / METRICS_FILE).open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            losses = {k: v for k, v in logs.items() if k.startswith("eval_") and k.endswith("_loss")}
+            if losses:
+                state.last_eval = losses
+            if trackers is not None:
+                trackers.log(record)
             progress.update(st.global_step, record)
 
         def on_train_end(self, args, st, control, **kwargs):

@@ -37,10 +37,12 @@ def init(
 @command
 def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     """Check a recipe without loading any model: every problem at once, with its key and line."""
+    from sft_cli.trackers import check_trackers
     from sft_cli.trainer_fields import check_trainer_args, source_field_names
 
     loaded = load(recipe, set_)
     check_trainer_args(loaded.recipe.trainer_args, source_field_names(), str(recipe))
+    check_trackers(loaded.recipe.training.report_to, str(recipe))
     out.print(f"[green]✓[/] {recipe} is valid: {loaded.recipe.summary()}", highlight=False, soft_wrap=True)
 
 
@@ -56,6 +58,7 @@ def preview(
     limit: int = typer.Option(3, "--limit", "-n", min=0, help="How many examples to show."),
     index: int | None = typer.Option(None, "--index", "-i", help="Show only this row (numbered from 1)."),
     split: str = typer.Option("train", help="train | eval"),
+    source: str | None = typer.Option(None, "--source", help="Only this source of data.sources (by label)."),
     ids: bool = typer.Option(False, "--ids", help="Show each token's id."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (examples, stats, warnings)."),
     no_cache: bool = NoCacheOpt,
@@ -67,7 +70,7 @@ def preview(
         raise SftError(f"--split: expected train or eval, got {split!r}")
     loaded = load(recipe, set_)
     quiet_libraries()
-    from sft_cli.view import ProgressView, render_examples, render_stats
+    from sft_cli.view import ProgressView, render_examples, render_sources, render_stats
 
     show = None if as_json else (lambda shown: render_examples(out, shown, show_ids=ids))
     result = build_preview(
@@ -75,21 +78,28 @@ def preview(
         split=split,
         limit=limit,
         index=index,
+        source=source,
         cache=not no_cache,
         progress=ProgressView(err),
         on_examples=show,
     )
+    document = result.as_json()
     if as_json:
-        sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
         return
-    render_stats(out, result.prepared)
+    title = f"{split} split ({'cached' if result.cached else 'encoded now'})"
+    if result.mix.mixed:
+        title = f"{split} split: {len(result.mix.parts)} sources as encoded, before the mix ({title.split('(')[1]}"
+    render_stats(out, title, result.stats, result.warnings)
+    if "sources" in document:
+        render_sources(out, document["sources"], document["mix_warnings"])
 
 
 @command
 def prepare(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt, no_cache: bool = NoCacheOpt) -> None:
     """Encode the train (and eval) rows into the prepared-dataset cache that preview and train read."""
     from sft_cli.loading import load_tokenizer
-    from sft_cli.prepared import prepare_split
+    from sft_cli.mixing import prepare_mix
     from sft_cli.templates import render_options
     from sft_cli.view import ProgressView, render_stats
 
@@ -97,13 +107,14 @@ def prepare(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt, no_cache:
     quiet_libraries()
     tokenizer = load_tokenizer(loaded.recipe)
     options = render_options(loaded.recipe, tokenizer)
-    for split in ("train", "eval") if loaded.recipe.has_eval else ("train",):
-        prepared = prepare_split(
-            loaded.recipe, tokenizer, split, cache=not no_cache, progress=ProgressView(err), options=options
-        )
-        render_stats(out, prepared)
+    mix = prepare_mix(
+        loaded.recipe, tokenizer, ("train", "eval"), cache=not no_cache, progress=ProgressView(err), options=options
+    )
+    for name, prepared in mix.prepared().items():
+        state = "cached" if prepared.cached else "encoded now"
+        render_stats(out, f"{name} ({state})", prepared.stats, [("", w) for w in prepared.warnings])
         where = "not kept (--no-cache)" if no_cache else str(prepared.folder)
-        out.print(f"{split}: {'reused' if prepared.cached else 'prepared'} {where}", highlight=False, soft_wrap=True)
+        out.print(f"{name}: {'reused' if prepared.cached else 'prepared'} {where}", highlight=False, soft_wrap=True)
         if no_cache:
             prepared.discard()
 

@@ -107,7 +107,9 @@ def chat(
 
 def eval(
     run_dir: Path = RunArg,
-    data: Path = typer.Option(..., "--data", help="Rows with answers (same format as training)."),
+    data: list[Path] = typer.Option(
+        ..., "--data", help="Rows with answers (same format as training); repeat for per-file scores."
+    ),
     base: bool = typer.Option(False, "--base", help="Also evaluate the untouched base model, side by side."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest generated answer."),
@@ -118,8 +120,9 @@ def eval(
     from sft_cli.generate import Sampling
     from sft_cli.view import ProgressView
 
-    if not data.exists():
-        raise SftError(f"--data: not found: {data}")
+    for path in data:
+        if not path.exists():
+            raise SftError(f"--data: not found: {path}")
     quiet_libraries()
     results = []
     sampling = Sampling(max_new_tokens=max_new_tokens)

@@ -229,7 +229,7 @@ def row_batches(recipe: Recipe, split: str = "train", size: int = 1000) -> Itera
     or are skipped and counted (`data.on_bad_row: skip`)."""
     data = recipe.data
     path = source_of(recipe, split)
-    records = iter_records(path, data.split)
+    records = iter_records(path, data.split, data.name, data.revision)
     first = next(records, None)
     if first is None:
         raise DataError(f"{path}: no rows")
@@ -270,7 +270,14 @@ def row_batches(recipe: Recipe, split: str = "train", size: int = 1000) -> Itera
 
 
 def load_rows(recipe: Recipe, split: str = "train") -> Rows:
-    """All rows of a split at once: for small data (eval files, tests). Large data goes through `row_batches`."""
+    """All rows of a split at once: for small data (eval files, tests). Large data goes through `row_batches`.
+    With several sources, each source's rows in turn (source names them all; row numbers are per source)."""
+    if recipe.mixed:
+        parts = [load_rows(single, split) for _, single in recipe.sources() if split == "train" or single.has_eval]
+        if not parts:
+            source_of(recipe, split)  # raises: no eval data
+        names = ", ".join(p.source for p in parts)
+        return Rows([r for p in parts for r in p.rows], names, "mixed", [s for p in parts for s in p.skipped])
     merged = None
     for batch in row_batches(recipe, split):
         if merged is None:
@@ -284,7 +291,8 @@ def load_rows(recipe: Recipe, split: str = "train") -> Rows:
 def _split_rows(recipe: Recipe, path: str) -> set[int]:
     """The record numbers held out for eval: a seeded sample of `eval_fraction`, so train and eval never share a
     row and reruns agree."""
-    count = count_records(path, recipe.data.split)
+    data = recipe.data
+    count = count_records(path, data.split, data.name, data.revision)
     order = list(range(1, count + 1))
     random.Random(recipe.training.seed).shuffle(order)
-    return set(order[: max(1, round(count * recipe.data.eval_fraction))])
+    return set(order[: max(1, round(count * data.eval_fraction))])

@@ -1,5 +1,6 @@
 """`sft eval`: loss and perplexity on the answer tokens, and generation metrics (exact match after whitespace
-normalisation, answer contained), overall and per task family, for a run and optionally its base model."""
+normalisation, answer contained), overall, per task family and per data file, for a run and optionally its base
+model."""
 
 from __future__ import annotations
 
@@ -38,6 +39,23 @@ class Score:
 
 
 @dataclass
+class FileScore:
+    """One data file's answer-token loss and generation scores."""
+
+    loss: float
+    answer_tokens: int
+    overall: Score
+
+    def as_dict(self) -> dict:
+        return {
+            "loss": round(self.loss, 4),
+            "perplexity": round(math.exp(min(self.loss, 50)), 3),
+            "answer_tokens": self.answer_tokens,
+            **self.overall.as_dict(),
+        }
+
+
+@dataclass
 class EvalResult:
     model: str
     loss: float
@@ -46,6 +64,7 @@ class EvalResult:
     overall: Score
     by_task: dict[str, Score]
     samples: list[dict] = field(default_factory=list)
+    by_source: dict[str, FileScore] = field(default_factory=dict)  # per data file, when given several
 
     def as_dict(self) -> dict:
         return {
@@ -55,6 +74,7 @@ class EvalResult:
             "answer_tokens": self.answer_tokens,
             **self.overall.as_dict(),
             "by_task": {k: v.as_dict() for k, v in sorted(self.by_task.items())},
+            "by_source": {k: v.as_dict() for k, v in self.by_source.items()},
             "samples": self.samples,
         }
 
@@ -114,40 +134,59 @@ def answer_loss(run: LoadedRun, examples, batch_size: int = 16) -> tuple[float, 
 
 def evaluate(
     run_dir: Path,
-    data: Path,
+    data: Path | list[Path],
     base: bool = False,
     limit: int | None = None,
     sampling: Sampling = Sampling(max_new_tokens=64),
     samples: int = 5,
     on_batch=None,
 ) -> EvalResult:
-    """Score one model (the run's, or its base with `base`) on the rows of `data`."""
-    records = read_records(str(data))
-    missing = next((n for n, record in enumerate(records, 1) if not has_answer(record)), None)
-    if missing is not None:
-        raise SftError(
-            f"{data}: eval needs an answer (output, completion or a final assistant turn); row {missing} has none",
-            hint="`sft generate RUN --file ROWS` answers rows without one",
-        )
+    """Score one model (the run's, or its base with `base`) on the rows of `data`: one file, or several, each
+    scored on its own (`by_source`, by file stem) and together (losses weighted by answer tokens)."""
+    files = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    all_records = {path: read_records(str(path)) for path in files}
+    for path, records in all_records.items():
+        missing = next((n for n, record in enumerate(records, 1) if not has_answer(record)), None)
+        if missing is not None:
+            raise SftError(
+                f"{path}: eval needs an answer (output, completion or a final assistant turn); row {missing} has none",
+                hint="`sft generate RUN --file ROWS` answers rows without one",
+            )
     run = load_run(run_dir, base=base)
-    recipe = eval_recipe(run_dir, data)
-    rows = load_rows(recipe, "train")
-    if limit:
-        rows.rows = rows.rows[:limit]
-    if not rows.rows:
-        raise SftError(f"{data}: no rows to evaluate")
-    tasks = {i: r.get("task") for i, r in enumerate(records, 1)}
-    encoded = encode_rows(rows, run.tokenizer, recipe, diagnose=False, options=replace(run.options, unmasked=False))
-    loss, tokens = answer_loss(run, encoded.examples)
-    answers = generate(run, [r.fields for r in rows.rows], sampling, on_batch=on_batch)
-    overall, by_task, shown = Score(), defaultdict(Score), []
-    for row, answer in zip(rows.rows, answers):
-        expected = expected_answer(row.fields)
-        overall.add(answer, expected)
-        task = tasks.get(row.number)
-        if task:
-            by_task[str(task)].add(answer, expected)
-        if len(shown) < samples:
-            shown.append({"row": row.number, "expected": expected, "answer": answer})
+    overall, by_task, shown, by_source = Score(), defaultdict(Score), [], {}
+    for path, records in all_records.items():
+        recipe = eval_recipe(run_dir, path)
+        rows = load_rows(recipe, "train")
+        if limit:
+            rows.rows = rows.rows[:limit]
+        if not rows.rows:
+            raise SftError(f"{path}: no rows to evaluate")
+        tasks = {i: r.get("task") for i, r in enumerate(records, 1)}
+        options = replace(run.options, unmasked=False)
+        encoded = encode_rows(rows, run.tokenizer, recipe, diagnose=False, options=options)
+        loss, tokens = answer_loss(run, encoded.examples)
+        answers = generate(run, [r.fields for r in rows.rows], sampling, on_batch=on_batch)
+        score = Score()
+        for row, answer in zip(rows.rows, answers):
+            expected = expected_answer(row.fields)
+            for scored in (overall, score):
+                scored.add(answer, expected)
+            task = tasks.get(row.number)
+            if task:
+                by_task[str(task)].add(answer, expected)
+            if len(shown) < samples:
+                shown.append({"row": row.number, "expected": expected, "answer": answer})
+        by_source[_file_label(path, by_source)] = FileScore(loss, tokens, score)
+    tokens = sum(s.answer_tokens for s in by_source.values())
+    loss = sum(s.loss * s.answer_tokens for s in by_source.values()) / max(tokens, 1)
     name = f"{run.record.base_model.name} (base)" if base else str(run_dir)
-    return EvalResult(name, loss, math.exp(min(loss, 50)), tokens, overall, dict(by_task), shown)
+    per_file = by_source if len(files) > 1 else {}
+    return EvalResult(name, loss, math.exp(min(loss, 50)), tokens, overall, dict(by_task), shown, per_file)
+
+
+def _file_label(path: Path, taken: dict) -> str:
+    """A data file's name in the results: its stem, made unique."""
+    label, n = path.name.split(".")[0], 2
+    while label in taken:
+        label, n = f"{path.name.split('.')[0]}-{n}", n + 1
+    return label

@@ -44,3 +44,18 @@ def _probe(host: str, port: int) -> str | None:
     except OSError as error:
         return f"{host} cannot be reached ({error.strerror or error})"
     return None
+
+
+@functools.cache
+def dataset_commit(dataset: str, revision: str | None) -> str | None:
+    """The commit a hub dataset's revision (None: its default branch) points at now, or None when the hub cannot
+    say (offline, out of reach, private without a token): the prepared-data cache key and run.json name it, so
+    a dataset updated on the hub is encoded afresh."""
+    if hub_unreachable():
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(dataset, revision=revision, timeout=PROBE_SECONDS).sha
+    except Exception:  # any hub failure leaves the revision as the recipe gives it
+        return None

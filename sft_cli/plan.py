@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_cli.batching import BatchPlan
-from sft_cli.prepared import Prepared
+from sft_cli.mixing import Mix
 from sft_cli.recipe import Recipe
 from sft_cli.run_folder import RunFolder
 from sft_cli.templates import extra_special_tokens
@@ -35,6 +35,7 @@ class Plan:
     batching: dict = field(default_factory=dict)  # layout, tokens per step, padding share, packing efficiency
     attention: str = ""  # the attention implementation training runs with
     prepared: dict = field(default_factory=dict)  # per split: fingerprint, whether the cache had it, folder
+    sources: list = field(default_factory=list)  # each source's examples, share, tokens (and hub revision)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -46,14 +47,14 @@ def make_plan(
     device: str,
     precision: str,
     world: int,
-    prepared: dict[str, Prepared],
+    mix: Mix,
     batch_plan: BatchPlan,
     model,
     attention: str,
 ) -> Plan:
-    """The plan from the setup stages' results: the prepared splits, the batch plan and the model."""
+    """The plan from the setup stages' results: the sources' mix, the batch plan and the model."""
     t = recipe.training
-    train, evaluation = prepared["train"], prepared.get("eval")
+    train, evaluation = mix.stats("train"), mix.stats("eval")
     per_step = t.batch_size * t.gradient_accumulation_steps * world
     steps = t.max_steps or max(1, int(-(-batch_plan.items // per_step) * t.epochs))
     return Plan(
@@ -61,18 +62,19 @@ def make_plan(
         device=device,
         precision=precision,
         world_size=world,
-        train_examples=train.stats.examples,
-        eval_examples=evaluation.stats.examples if evaluation else 0,
-        train_tokens=train.stats.total_tokens,
-        trained_tokens=train.stats.trained_tokens,
+        train_examples=mix.examples,
+        eval_examples=evaluation.examples,
+        train_tokens=sum(p.tokens for p in mix.parts),
+        trained_tokens=sum(p.trained_tokens for p in mix.parts),
         steps=steps,
-        dropped=train.stats.dropped,
-        truncated=train.stats.truncated,
+        dropped=train.dropped,
+        truncated=train.truncated,
         resume_from=run_folder.resume_from,
         prepared={
             split: {"fingerprint": p.fingerprint, "cached": p.cached, "folder": str(p.folder)}
-            for split, p in prepared.items()
+            for split, p in mix.prepared().items()
         },
+        sources=mix.shares(),
         batching=batch_plan.__dict__,
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_parameters=sum(p.numel() for p in model.parameters()),

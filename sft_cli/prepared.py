@@ -107,7 +107,7 @@ def fingerprint(recipe: Recipe, split: str, tokenizer, options) -> str:
     data = recipe.data
     shaping = {
         "split": split,
-        "source": source_identity(source_of(recipe, split), data.split),
+        "source": source_identity(source_of(recipe, split), data.split, data.name, data.revision),
         "data": data.model_dump(exclude={"cache_dir", "num_proc"}),
         "seed": recipe.training.seed if data.eval_fraction else None,
         "encoding": recipe.encoding.model_dump(mode="json"),

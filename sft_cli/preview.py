@@ -1,6 +1,7 @@
 """What training will see: the first examples token by token, encoded from the first rows alone (so they show at
 once, whatever the dataset's size), then dataset-wide stats and warnings from the prepared dataset (cached, or
-built now). Returns data; never prints."""
+built now). With several sources: the first example of each, each source's rows, examples, tokens and realised
+share of the mix, and the stats of them all. Returns data; never prints."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sft_cli.data import row_batches
 from sft_cli.encode import IGNORE, Encoded, encode_rows
 from sft_cli.errors import SftError
 from sft_cli.loading import load_tokenizer
-from sft_cli.prepared import Prepared, prepare_split
+from sft_cli.mixing import Mix, prepare_mix
 from sft_cli.progress import Progress
 from sft_cli.recipe import Recipe
 from sft_cli.rendered import RenderOptions
@@ -31,27 +32,40 @@ class Token:
 class ExampleView:
     example: Encoded
     tokens: list[Token]
+    source: str = ""  # the source's label, with several sources
 
 
 @dataclass
 class Preview:
     shown: list[ExampleView]
     split: str
-    prepared: Prepared
+    mix: Mix
 
     @property
     def stats(self) -> Stats:
-        return self.prepared.stats
+        return self.mix.stats(self.split)
 
     @property
-    def warnings(self) -> list[Warning]:
-        return self.prepared.warnings
+    def cached(self) -> bool:
+        return all(p.cached for p in self.mix.prepared().values())
+
+    @property
+    def warnings(self) -> list[tuple[str, Warning]]:
+        """(source label, warning): the label is empty for a one-source recipe."""
+        return [
+            (part.label if self.mix.mixed else "", warning)
+            for part in self.mix.parts
+            if self.split in part.prepared
+            for warning in part.prepared[self.split].warnings
+        ]
 
     def as_json(self) -> dict:
-        """The stable `sft preview --json` contract."""
-        return {
+        """The stable `sft preview --json` contract (`source` keys and `sources` with several sources)."""
+        mixed = self.mix.mixed
+        document = {
             "examples": [
                 {
+                    **({"source": v.source} if mixed else {}),
                     "index": v.example.row,
                     "text": v.example.text,
                     "input_ids": v.example.input_ids,
@@ -60,9 +74,21 @@ class Preview:
                 }
                 for v in self.shown
             ],
-            "stats": {**self.stats.as_dict(), "split": self.split, "cached": self.prepared.cached},
-            "warnings": [w.as_dict() for w in self.warnings],
+            "stats": {**self.stats.as_dict(), "split": self.split, "cached": self.cached},
+            "warnings": [{**({"source": label} if mixed else {}), **w.as_dict()} for label, w in self.warnings],
         }
+        if mixed:
+            document["sources"] = self.mix.shares() if self.split == "train" else self._eval_counts()
+            document["mix_warnings"] = self.mix.warnings() if self.split == "train" else []
+        return document
+
+    def _eval_counts(self) -> list[dict]:
+        return [
+            {"label": p.label, "path": p.path, "rows": p.prepared["eval"].stats.rows,
+             "examples": p.prepared["eval"].stats.examples}
+            for p in self.mix.parts
+            if "eval" in p.prepared
+        ]  # fmt: skip
 
 
 def token_view(example: Encoded, tokenizer) -> list[Token]:
@@ -118,19 +144,42 @@ def build_preview(
     limit: int = 3,
     index: int | None = None,
     *,
+    source: str | None = None,
     cache: bool = True,
     progress: Progress | None = None,
     on_examples: Callable[[list[ExampleView]], None] | None = None,
 ) -> Preview:
     """The examples to show (handed to `on_examples` as soon as they are encoded), then the split's prepared
-    dataset for the stats."""
+    datasets for the stats. With several sources: the first example of each (`source`: that source alone, as
+    if it were the recipe's only one)."""
+    recipe = one_source(recipe, source) if source else recipe
+    if recipe.mixed and index is not None:
+        raise SftError("--index: rows are numbered per source", hint="add --source LABEL to pick the source")
+    sources = recipe.sources()
+    if split == "eval" and not recipe.has_eval:
+        raise SftError("the recipe has no eval data", hint="set data.eval_path or data.eval_fraction")
     tokenizer = load_tokenizer(recipe)
     options = render_options(recipe, tokenizer)
-    examples = first_examples(recipe, tokenizer, split, limit, index, options)
-    shown = [ExampleView(e, token_view(e, tokenizer)) for e in examples]
+    shown = []
+    for label, single in sources:
+        if split == "eval" and not single.has_eval:
+            continue
+        count = min(limit, 1) if recipe.mixed else limit
+        examples = first_examples(single, tokenizer, split, count, index, options)
+        shown += [ExampleView(e, token_view(e, tokenizer), label if recipe.mixed else "") for e in examples]
     if on_examples:
         on_examples(shown)
-    prepared = prepare_split(recipe, tokenizer, split, cache=cache, progress=progress, options=options)
+    mix = prepare_mix(recipe, tokenizer, (split,), cache=cache, progress=progress, options=options)
     if not cache:
-        prepared.discard()  # its stats are read; the encoded rows are not kept
-    return Preview(shown, split, prepared)
+        for prepared in mix.prepared().values():
+            prepared.discard()  # its stats are read; the encoded rows are not kept
+    return Preview(shown, split, mix)
+
+
+def one_source(recipe: Recipe, label: str) -> Recipe:
+    """The recipe with one of its sources as its only data (`--source LABEL`)."""
+    sources = dict(recipe.sources())
+    if label not in sources:
+        known = ", ".join(sources) if recipe.mixed else "none: the recipe reads one data.path"
+        raise SftError(f"--source: no source labelled {label!r}", hint=f"sources: {known}")
+    return sources[label]

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from sft_cli.errors import RecipeError
 from sft_cli.recipe_yaml import apply_overrides, key_lines, recipe_text
@@ -51,8 +62,17 @@ TemplateSpec = Annotated[
 ]
 
 
-class DataSection(Section):
-    path: str = Field(description=".jsonl .json .csv .parquet, a save_to_disk folder, or a hub dataset")
+SOURCE_KEYS = ("path", "name", "revision", "format", "columns", "split", "eval_path", "eval_fraction", "limit")
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+
+
+class SourceFields(Section):
+    """Where one source's rows come from and how its columns read: the keys a single `data.path` takes, and
+    each entry of `data.sources`."""
+
+    path: str = Field(description=".jsonl .json .csv .parquet, a folder of them, a save_to_disk folder, or a hub id")
+    name: str | None = Field(None, description="hub dataset configuration (subset) name")
+    revision: str | None = Field(None, description="hub dataset revision (branch, tag or commit); recorded")
     format: Literal["alpaca", "prompt_completion", "messages"] | None = Field(
         None, description="alpaca | prompt_completion | messages; detected from the columns when omitted"
     )
@@ -62,12 +82,90 @@ class DataSection(Section):
     split: str = Field("train", description="split to read from a hub dataset or a DatasetDict folder")
     eval_path: str | None = Field(None, description="held-out rows for evaluation (same format)")
     eval_fraction: float | None = Field(None, gt=0, lt=1, description="or: hold out this share of rows (seeded)")
-    on_bad_row: Literal["error", "skip"] = Field("error", description="error | skip (and count) malformed rows")
     limit: int | None = Field(None, ge=1, description="use only the first N rows")
+
+    @model_validator(mode="after")
+    def _one_eval(self) -> SourceFields:
+        if self.eval_path and self.eval_fraction:
+            raise ValueError("give eval_path or eval_fraction, not both")
+        return self
+
+
+class SourceSection(SourceFields):
+    """One entry of `data.sources`: a source, its name in metrics, and its part of the mix."""
+
+    label: str | None = Field(
+        None, pattern=LABEL_PATTERN, description="name in metrics and preview (eval_<label>_loss); default: file stem"
+    )
+    weight: float | None = Field(
+        None, gt=0, description="share of each epoch's training examples (weights are normalised to sum to 1)"
+    )
+    max_rows: int | None = Field(None, ge=1, description="at most this many of the source's examples (seeded sample)")
+
+    @property
+    def default_label(self) -> str:
+        stem = Path(self.path.rstrip("/")).name.split(".")[0]
+        return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_-") or "source"
+
+
+class DataSection(Section):
+    path: str | None = Field(None, description="one source: " + SourceFields.model_fields["path"].description)
+    name: str | None = SourceFields.model_fields["name"]
+    revision: str | None = SourceFields.model_fields["revision"]
+    format: Literal["alpaca", "prompt_completion", "messages"] | None = SourceFields.model_fields["format"]
+    columns: dict[str, str] = SourceFields.model_fields["columns"]
+    split: str = SourceFields.model_fields["split"]
+    eval_path: str | None = SourceFields.model_fields["eval_path"]
+    eval_fraction: float | None = Field(
+        None, gt=0, lt=1, description="hold out this share of rows (seeded); with sources: each source's default"
+    )
+    limit: int | None = SourceFields.model_fields["limit"]
+    sources: list[SourceSection] = Field(
+        default_factory=list,
+        description="instead of path: several sources, each with the keys above plus label, weight, max_rows",
+    )
+    on_bad_row: Literal["error", "skip"] = Field("error", description="error | skip (and count) malformed rows")
     cache_dir: str | None = Field(
         None, description="where prepared (encoded) datasets are cached; default $SFT_CACHE_DIR or ~/.cache/sft"
     )
     num_proc: int | None = Field(None, ge=1, description="processes that encode rows; default: one per core")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DataSection:
+        if self.path and self.sources:
+            raise ValueError("give data.path (one source) or data.sources (several), not both")
+        if not self.path and not self.sources:
+            raise ValueError("data.path (one source) or data.sources (several) is required")
+        if self.sources:
+            single = sorted(  # set away from its default: a saved recipe (model_dump) spells every key
+                key
+                for key in set(SOURCE_KEYS) - {"eval_fraction"}
+                if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True)
+            )
+            if single:
+                raise ValueError(
+                    f"with data.sources, {', '.join('data.' + k for k in single)} belong in each source entry"
+                )
+            labels = [s.label or s.default_label for s in self.sources]
+            repeated = sorted({label for label in labels if labels.count(label) > 1})
+            if repeated:
+                raise ValueError(f"data.sources: label {repeated[0]!r} is used twice; give each source its own label")
+            weighted = [s.weight is not None for s in self.sources]
+            if any(weighted) and not all(weighted):
+                raise ValueError("data.sources: give every source a weight, or none (then each gives all its rows)")
+        return self
+
+    def source_entries(self) -> list[SourceSection]:
+        """Every source as a `data.sources` entry: the one-source short form is a list of one."""
+        if self.sources:
+            fraction = self.eval_fraction
+            return [
+                s
+                if s.eval_path or s.eval_fraction or not fraction
+                else s.model_copy(update={"eval_fraction": fraction})
+                for s in self.sources
+            ]
+        return [SourceSection(**{key: getattr(self, key) for key in SOURCE_KEYS})]
 
 
 class EarlyStopping(Section):
@@ -82,6 +180,17 @@ class LoraSection(Section):
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights (CUDA + bitsandbytes only)")
+
+
+def _tracker_list(value: Any) -> Any:
+    """`report_to: tensorboard` and `report_to: none` read as lists, as in transformers."""
+    if value is None or value == "none":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and len(set(map(str, value))) < len(value):
+        raise ValueError("a tracker is listed twice")
+    return value
 
 
 class TrainingSection(Section):
@@ -105,7 +214,12 @@ class TrainingSection(Section):
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (default: eval_steps, else 500)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     logging_steps: int = Field(10, ge=1, description="log metrics every N steps")
-    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="none | tensorboard | wandb")
+    report_to: Annotated[list[Literal["tensorboard", "mlflow", "trackio", "wandb"]], BeforeValidator(_tracker_list)] = (
+        Field(default_factory=list, description="experiment trackers: [tensorboard, mlflow, trackio, wandb]; [] none")
+    )
+    tracker_project: str | None = Field(
+        None, description="tracker project (W&B, Trackio) or experiment (MLflow); default the recipe's file name"
+    )
     early_stopping: EarlyStopping | None = Field(None, description="stop when the eval metric stops improving")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU"
@@ -178,10 +292,7 @@ class Recipe(EncodingSpec):
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         problems = []
-        data, training = self.data, self.training
-        if data.eval_path and data.eval_fraction:
-            problems.append("data: give eval_path or eval_fraction, not both")
-        has_eval = bool(data.eval_path or data.eval_fraction)
+        training, has_eval = self.training, self.has_eval
         if training.packing and not training.padding_free:
             problems.append("training.packing needs training.padding_free: true (bins are padding-free rows)")
         if training.early_stopping and not has_eval:
@@ -194,11 +305,42 @@ class Recipe(EncodingSpec):
                 )
         if training.eval_steps and not has_eval:
             problems.append("training.eval_steps is set but there is no eval data (data.eval_path/eval_fraction)")
-        if data.format == "messages" and self.template != "chat":
+        if any(s.format == "messages" for s in self.data.source_entries()) and self.template != "chat":
             problems.append("data.format messages needs template: chat")
+        if training.early_stopping:
+            problems += self._metric_problems(training.early_stopping.metric)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _metric_problems(self, metric: str) -> list[str]:
+        """A per-source eval loss must name a source that has eval data."""
+        match = re.fullmatch(r"eval_(.+)_loss", metric)
+        if not match:
+            return []
+        labels = [label for label, source in self.sources() if source.has_eval] if len(self.sources()) > 1 else []
+        if match.group(1) in labels:
+            return []
+        choices = ", ".join(["eval_loss", *(f"eval_{label}_loss" for label in labels)])
+        return [f"training.early_stopping.metric: {metric!r} names no source with eval data; choose {choices}"]
+
+    def sources(self) -> list[tuple[str, Recipe]]:
+        """Every data source as (label, a one-source recipe): the one-source recipe reads, encodes and caches
+        that source alone, so a source's weight or the other sources never change its prepared data."""
+        data = self.data
+        shared = {"on_bad_row": data.on_bad_row, "cache_dir": data.cache_dir, "num_proc": data.num_proc}
+        return [
+            (
+                entry.label or entry.default_label,
+                self.model_copy(update={"data": DataSection(**{k: getattr(entry, k) for k in SOURCE_KEYS}, **shared)}),
+            )
+            for entry in data.source_entries()
+        ]
+
+    @property
+    def mixed(self) -> bool:
+        """Several sources (`data.sources`), as opposed to the one-source `data.path`."""
+        return bool(self.data.sources)
 
     @property
     def encoding(self) -> EncodingSpec:
@@ -219,7 +361,7 @@ class Recipe(EncodingSpec):
 
     @property
     def has_eval(self) -> bool:
-        return bool(self.data.eval_path or self.data.eval_fraction)
+        return any(s.eval_path or s.eval_fraction for s in self.data.source_entries())
 
     @property
     def eval_steps(self) -> int | None:
@@ -235,9 +377,16 @@ class Recipe(EncodingSpec):
         method = f"LoRA r={self.lora.r}" if self.lora else "full fine-tuning"
         length = f"{self.training.max_steps} steps" if self.training.max_steps else f"{self.training.epochs:g} epochs"
         return (
-            f"model {self.model.name} | data {self.data.path} ({self.data.format or 'auto'}) | template {template} | "
+            f"model {self.model.name} | data {self._data_summary()} | template {template} | "
             f"{self.loss} loss | max_length {self.max_length} | {method} | lr {self.learning_rate:g} | {length}"
         )
+
+    def _data_summary(self) -> str:
+        if not self.mixed:
+            return f"{self.data.path} ({self.data.format or 'auto'})"
+        entries = self.data.sources
+        shares = [f"{s.label or s.default_label}" + (f" {s.weight:g}" if s.weight else "") for s in entries]
+        return f"{len(entries)} sources ({', '.join(shares)})"
 
 
 class LoadedRecipe(typing.NamedTuple):
@@ -254,8 +403,8 @@ class LoadedRecipe(typing.NamedTuple):
 def _section_fields(loc: tuple) -> list[str]:
     """Field names allowed at a location in the schema (for did-you-mean)."""
     model: type[BaseModel] = Recipe
-    for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
+    for part in (p for p in loc if not isinstance(p, int)):  # a list index keeps the list's item model
+        field = model.model_fields.get(part)
         if field is None:
             return []
         candidates = [field.annotation, *typing.get_args(field.annotation)]
@@ -338,11 +487,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
     return LoadedRecipe(recipe, path)
 
 
+def _resolve_source(base: Path, source):
+    """A source's (or the short form's) data paths, resolved against the recipe's folder; a label defaults to
+    the stem of the path as written."""
+    update = {key: _resolve_local(base, getattr(source, key), DATA_SUFFIXES) for key in ("path", "eval_path")}
+    if isinstance(source, SourceSection) and not source.label:
+        update["label"] = source.default_label
+    return source.model_copy(update=update)
+
+
 def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
-    data = recipe.data.model_copy(
+    data = _resolve_source(base, recipe.data).model_copy(
         update={
-            "path": _resolve_local(base, recipe.data.path, DATA_SUFFIXES),
-            "eval_path": _resolve_local(base, recipe.data.eval_path, DATA_SUFFIXES),
+            "sources": [_resolve_source(base, s) for s in recipe.data.sources],
             "cache_dir": str((base / Path(recipe.data.cache_dir).expanduser()).resolve())
             if recipe.data.cache_dir
             else None,
@@ -358,11 +515,11 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
 def _check_files(recipe: Recipe, source: str) -> None:
     """Local files the recipe names must exist; hub ids cannot be checked offline and are left alone."""
     problems = []
-    for key, value in (
-        ("model.name", recipe.model.name),
-        ("data.path", recipe.data.path),
-        ("data.eval_path", recipe.data.eval_path),
-    ):
+    names = [("model.name", recipe.model.name)]
+    for n, entry in enumerate(recipe.data.source_entries()):
+        prefix = f"data.sources[{n}]." if recipe.mixed else "data."
+        names += [(prefix + "path", entry.path), (prefix + "eval_path", entry.eval_path)]
+    for key, value in names:
         if value and Path(value).is_absolute() and not Path(value).exists():
             problems.append(f"{key}: not found: {value}")
     if recipe.output.dir and Path(recipe.output.dir).exists() and not Path(recipe.output.dir).is_dir():

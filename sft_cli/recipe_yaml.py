@@ -59,19 +59,31 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     return tuple(key.strip().split(".")), parsed
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> set[tuple[str, ...]]:
-    """Apply `--set` overrides in place; returns the key paths they touched."""
+def apply_overrides(raw: dict, overrides: list[str]) -> set[tuple]:
+    """Apply `--set` overrides in place; returns the key paths they touched. A number indexes a list, e.g.
+    `data.sources.0.weight=0.5`."""
     touched = set()
     for text in overrides:
         path, value = parse_override(text)
-        node = raw
+        node: Any = raw
+        where: tuple = ()
         for part in path[:-1]:
-            child = node.get(part)
+            key, child = _child(node, part, text)
             if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
+                child = node[key] = {}
+            if not isinstance(child, (dict, list)):
                 raise RecipeError("--set", [f"{text!r}: {part} is not a section"])
-            node = child
-        node[path[-1]] = value
-        touched.add(path)
+            node, where = child, (*where, key)
+        key, _ = _child(node, path[-1], text)
+        node[key] = value
+        touched.add((*where, key))
     return touched
+
+
+def _child(node: dict | list, part: str, text: str) -> tuple[Any, Any]:
+    """(key, current value) of `part` in a mapping, or in a list by its index."""
+    if isinstance(node, dict):
+        return part, node.get(part)
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError("--set", [f"{text!r}: {part} is not an index of the list (0 to {len(node) - 1})"])
+    return int(part), node[int(part)]

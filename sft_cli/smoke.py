@@ -75,7 +75,10 @@ class Smoke:
         training = [f"training.max_steps={self.steps}", f"training.save_steps={half}", "training.logging_steps=1"]
         if recipe.has_eval:
             training.append(f"training.eval_steps={half}")
-        settings = [f"model.name={self.tiny}", f"data.limit={self.rows}", f"output.dir={self.folder / 'run'}"]
+        limits = [f"data.sources.{i}.limit={self.rows}" for i in range(len(recipe.data.sources))] or [
+            f"data.limit={self.rows}"
+        ]
+        settings = [f"model.name={self.tiny}", *limits, f"output.dir={self.folder / 'run'}"]
         return load_recipe(self.path, [*self.overrides, *settings, *training, *self.cpu_overrides, *extra])
 
 
@@ -147,14 +150,19 @@ def _preview(smoke: Smoke) -> str:
     if not stats.examples:
         raise SftError(f"no example left: {stats.dropped} of {stats.rows} rows dropped",
                        hint="run `sft preview` on the recipe: max_length and on_overflow decide")  # fmt: skip
-    untrained = [row for row, labels in zip(preview.prepared.dataset()["row"], preview.prepared.dataset()["labels"])
+    untrained = [f"{part.label} row {row}" for part in preview.mix.parts
+                 for row, labels in _rows_and_labels(part.prepared["train"].dataset())
                  if all(label == IGNORE for label in labels)]  # fmt: skip
     if untrained:
         raise SftError(f"rows {untrained[:5]} have no trained token")
-    if any(w.kind == "end_token_missing" for w in preview.warnings):
+    if any(w.kind == "end_token_missing" for _, w in preview.warnings):
         raise SftError("trained tokens do not end with the end token: the model would not learn to stop",
                        hint="run `sft preview` on the recipe to see which rows")  # fmt: skip
     return f"{stats.examples} examples, {stats.trained_tokens} trained tokens"
+
+
+def _rows_and_labels(dataset):
+    return zip(dataset["row"], dataset["labels"])
 
 
 def _train(smoke: Smoke) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sft_cli.errors import DataError
-from sft_cli.hub import hub_unreachable, looks_local, offline_requested
+from sft_cli.hub import dataset_commit, hub_unreachable, looks_local, offline_requested
 from sft_cli.recipe import DATA_SUFFIXES
 
 BOM = b"\xef\xbb\xbf"
@@ -21,9 +21,12 @@ BATCH = 1000
 NOT_UTF8_HINT = "save the file as UTF-8 (most editors and `iconv -t UTF-8` can convert it)"
 
 
-def iter_records(path: str, split: str = "train") -> Iterator[tuple[int, dict]]:
+def iter_records(
+    path: str, split: str = "train", name: str | None = None, revision: str | None = None
+) -> Iterator[tuple[int, dict]]:
     """(number, record) for every record of a local file, a folder of data files (in name order, numbered on
-    across files), a `save_to_disk` folder, or a hub dataset (needs internet)."""
+    across files), a `save_to_disk` folder, or a hub dataset (needs internet; `name` is its configuration,
+    `revision` its branch, tag or commit)."""
     local = Path(path)
     if local.is_file():
         yield from _file_records(local)
@@ -35,7 +38,7 @@ def iter_records(path: str, split: str = "train") -> Iterator[tuple[int, dict]]:
                 number += 1
                 yield number, record
         return
-    yield from _dataset_records(open_dataset(path, split))
+    yield from _dataset_records(open_dataset(path, split, name, revision))
 
 
 def _file_records(path: Path) -> Iterator[tuple[int, dict]]:
@@ -63,7 +66,7 @@ def data_files(folder: Path) -> list[Path]:
     return files
 
 
-def open_dataset(path: str, split: str):
+def open_dataset(path: str, split: str, name: str | None = None, revision: str | None = None):
     """A `save_to_disk` folder or a hub dataset as a memory-mapped `datasets.Dataset`."""
     import datasets
 
@@ -84,7 +87,7 @@ def open_dataset(path: str, split: str):
             hint="point data.path at a local file, or set HF_HUB_OFFLINE=1 to use a copy in the hub cache",
         )
     try:
-        return datasets.load_dataset(path, split=split)
+        return datasets.load_dataset(path, name, split=split, revision=revision)
     except Exception as exc:  # the hub raises many types; the user needs the reason, not the trace
         raise DataError(
             f"{path}: cannot load from the Hugging Face hub: {exc}",
@@ -171,7 +174,7 @@ def _parquet(path: Path) -> Iterator[tuple[int, dict]]:
             yield number, record
 
 
-def count_records(path: str, split: str = "train") -> int:
+def count_records(path: str, split: str = "train", name: str | None = None, revision: str | None = None) -> int:
     """How many records `iter_records` yields, without holding them (for a seeded eval split)."""
     local = Path(path)
     if local.is_file() and local.suffix.lower() == ".jsonl":
@@ -184,13 +187,14 @@ def count_records(path: str, split: str = "train") -> int:
     if local.is_dir() and not is_saved_dataset(local):
         return sum(count_records(str(file)) for file in data_files(local))
     if not local.is_file():
-        return len(open_dataset(path, split))
+        return len(open_dataset(path, split, name, revision))
     return sum(1 for _ in iter_records(path, split))
 
 
-def source_identity(path: str, split: str) -> dict:
+def source_identity(path: str, split: str, name: str | None = None, revision: str | None = None) -> dict:
     """What identifies a source's content cheaply: a file's path, size and modification time; each file of a
-    folder; a hub dataset's id and split (its own cache decides when it changes)."""
+    folder; a hub dataset's id, configuration, split and the commit its revision points at (when the hub can
+    say; else the revision as given)."""
     local = Path(path)
     if local.is_file():
         stat = local.stat()
@@ -202,4 +206,4 @@ def source_identity(path: str, split: str) -> dict:
             "split": split,
             "files": [[str(p.relative_to(local)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
         }
-    return {"hub": path, "split": split}
+    return {"hub": path, "name": name, "split": split, "revision": dataset_commit(path, revision) or revision}

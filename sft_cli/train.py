@@ -21,8 +21,8 @@ from sft_cli.batching import BatchPlan, Collator, bins_dataset, plan_batches, se
 from sft_cli.callbacks import RunState, make_callbacks
 from sft_cli.errors import SftError
 from sft_cli.loading import load_model, load_tokenizer
+from sft_cli.mixing import Mix, prepare_mix
 from sft_cli.plan import Plan, make_plan
-from sft_cli.prepared import Prepared, prepare_split
 from sft_cli.progress import Progress
 from sft_cli.recipe import LoadedRecipe, Recipe
 from sft_cli.rendered import RenderOptions
@@ -38,6 +38,7 @@ from sft_cli.run_folder import (
 )
 from sft_cli.run_record import RunRecord
 from sft_cli.templates import extra_special_tokens, render_options
+from sft_cli.trackers import Trackers, check_trackers
 from sft_cli.train_setup import (
     distributed_state,
     layout,
@@ -53,13 +54,14 @@ from sft_cli.trainer_fields import check_trainer_args
 
 @dataclass
 class TrainingData:
-    """The run's tokenizer and render options (computed once), its prepared splits, and the train batches."""
+    """The run's tokenizer and render options (computed once), its sources' prepared splits and their mix, and the
+    train batches."""
 
     tokenizer: Any
     options: RenderOptions
-    prepared: dict[str, Prepared]
+    mix: Mix
     train_rows: Any  # datasets.Dataset, memory-mapped, opened once
-    eval_rows: Any | None
+    eval_rows: Any | None  # one eval set, or {source label: eval set} for several sources
     batch_plan: BatchPlan
     bins: list[list[int]] | None  # packed bins of train row indices, when packing
     temporary: str | None  # under --no-cache, the prepared data's folder, removed when the run ends
@@ -98,6 +100,7 @@ class Session:
     overwrite: bool = False
     progress: Progress = field(default_factory=Progress)
     lock: RunLock | None = None  # the main process's hold on the run folder
+    trackers: Trackers | None = None  # the main process's experiment trackers
 
     @property
     def tokenizer(self):
@@ -143,26 +146,31 @@ def setup_data(recipe: Recipe, distributed, no_cache: bool, progress: Progress) 
     root = [tempfile.mkdtemp(prefix="sft-prepared-") if no_cache and distributed.is_main_process else None]
     if distributed.num_processes > 1:
         root = broadcast_object_list(root)
-    prepared = {}
     with distributed.main_process_first():
-        for split in ("train", "eval") if recipe.has_eval else ("train",):
-            prepared[split] = prepare_split(
-                recipe,
-                tokenizer,
-                split,
-                cache=not no_cache,
-                root=root[0],
-                progress=progress if distributed.is_main_process else Progress(),
-                options=options,
-            )
-    if not prepared["train"].stats.examples:
+        mix = prepare_mix(
+            recipe,
+            tokenizer,
+            ("train", "eval"),
+            cache=not no_cache,
+            root=root[0],
+            progress=progress if distributed.is_main_process else Progress(),
+            options=options,
+        )
+    if not mix.examples:
         raise SftError(
             "no training examples left after encoding",
             hint="run `sft preview` to see why rows were dropped (max_length, on_overflow)",
         )
+    if distributed.is_main_process:
+        for warning in mix.warnings():
+            progress.note(f"warning: {warning}")
     t = recipe.training
-    train_rows = prepared["train"].dataset().remove_columns(["truncated"])
-    eval_rows = prepared["eval"].dataset().remove_columns(["truncated"]) if "eval" in prepared else None
+    train_rows = mix.train_dataset().remove_columns(["truncated"])
+    eval_rows = mix.eval_datasets()
+    if isinstance(eval_rows, dict):
+        eval_rows = {label: rows.remove_columns(["truncated"]) for label, rows in eval_rows.items()}
+    elif eval_rows is not None:
+        eval_rows = eval_rows.remove_columns(["truncated"])
     batch_plan, bins = plan_batches(
         sequence_lengths(train_rows),
         t.batch_size,
@@ -171,7 +179,7 @@ def setup_data(recipe: Recipe, distributed, no_cache: bool, progress: Progress) 
         recipe.max_length,
         t.seed,
     )
-    return TrainingData(tokenizer, options, prepared, train_rows, eval_rows, batch_plan, bins, root[0])
+    return TrainingData(tokenizer, options, mix, train_rows, eval_rows, batch_plan, bins, root[0])
 
 
 def setup_model(recipe: Recipe, precision: str, tokenizer, quantization_config) -> TrainingModel:
@@ -198,9 +206,10 @@ def setup_trainer(
     model: TrainingModel,
     state: RunState,
     progress: Progress,
-    is_main: bool,
+    trackers: Trackers | None,
 ):
-    """TRL's SFTTrainer on the prepared rows, with sft's collator, callbacks and loss."""
+    """TRL's SFTTrainer on the prepared rows, with sft's collator, callbacks and loss; `trackers` on the main
+    process only."""
     from transformers import PrinterCallback
 
     from sft_cli.trainer import SftTrainer
@@ -214,7 +223,7 @@ def setup_trainer(
         eval_dataset=data.eval_rows,
         processing_class=data.tokenizer,
         data_collator=Collator(data.tokenizer.pad_token_id, padding_free=padding_free, source=data.train_rows),
-        callbacks=make_callbacks(recipe, run_folder.path, progress, is_main, state),
+        callbacks=make_callbacks(recipe, run_folder.path, progress, trackers is not None, state, trackers),
     )
     trainer.remove_callback(PrinterCallback)  # our progress view replaces the raw log dicts
     return trainer
@@ -235,6 +244,7 @@ def prepare(
     progress = progress or Progress()
     recipe = loaded.recipe
     check_trainer_args(recipe.trainer_args, trainer_arg_names(), str(loaded.path))
+    check_trackers(recipe.training.report_to, str(loaded.path))
     distributed = distributed_state()
     run_folder, lock = setup_run_folder(loaded, distributed, resume, overwrite)
     try:
@@ -258,7 +268,7 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
         device,
         precision,
         distributed.num_processes,
-        data.prepared,
+        data.mix,
         data.batch_plan,
         model.model,
         model.attention,
@@ -278,8 +288,15 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
         session.discard_temporary()
         session.release()
         return session
+    if session.is_main:
+        session.trackers = Trackers(
+            recipe.training.report_to,
+            run_folder.path,
+            recipe.training.tracker_project or loaded.name,
+            checkpoint_step(run_folder.resume_from),
+        )
     session.trainer = setup_trainer(
-        recipe, run_folder, precision, data, model, session.state, progress, session.is_main
+        recipe, run_folder, precision, data, model, session.state, progress, session.trackers
     )
     session.collator = session.trainer.data_collator
     return session
@@ -293,9 +310,11 @@ def run(session: Session, argv: list[str] | None = None) -> RunResult:
     end, however the run ends."""
     try:
         return _run(session, argv)
-    except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError of its zip writer
-        full = disk_full(session.plan.run_dir, error)
-        if full is None:
+    except BaseException as error:
+        if session.trackers is not None:
+            session.trackers.fail()
+        full = disk_full(session.plan.run_dir, error) if isinstance(error, (OSError, RuntimeError)) else None
+        if full is None:  # torch reports a full disk as a RuntimeError of its zip writer
             raise
         raise full from None
     finally:
@@ -315,6 +334,8 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
             f"run folder {run_dir} | {plan.device} | {plan.precision} | {plan.train_examples} "
             f"examples | {plan.steps} steps | {plan.trainable_parameters:,} trainable parameters"
         )
+    if session.trackers is not None:
+        session.trackers.start(loaded.recipe.model_dump(mode="json"), plan.as_dict())
     distributed_state().wait_for_everyone()
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=plan.resume_from)
@@ -338,7 +359,10 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
     if session.is_main:
         if stop_reason != "interrupted":
             save_final_model(run_dir, trainer.model, session.tokenizer, run_record(loaded.recipe, session.data))
-        write_run_files(run_dir, loaded.recipe, run_facts(session, result, wall, rows_by_rank, prepared_by_rank))
+        facts = run_facts(session, result, wall, rows_by_rank, prepared_by_rank)
+        write_run_files(run_dir, loaded.recipe, facts)
+        if session.trackers is not None:
+            session.trackers.finish(facts)
     distributed_state().wait_for_everyone()
     session.discard_temporary()
     return result
@@ -366,6 +390,7 @@ def run_facts(session: Session, result: RunResult, wall: float, rows_by_rank: li
         "plan": result.plan.as_dict(),
         "global_step": trainer.state.global_step,
         "best_metric": trainer.state.best_metric,
+        "eval": state.last_eval,
         "wall_seconds": round(wall, 2),
         "tokens_seen": state.tokens_seen,
         "tokens_per_s": round(state.tokens_seen / seconds, 1) if seconds else None,
@@ -380,3 +405,8 @@ def gathered(value) -> list:
     from accelerate.utils import gather_object
 
     return gather_object([value])
+
+
+def checkpoint_step(checkpoint: str | None) -> int | None:
+    """The step a checkpoint folder (`checkpoint-<step>`) was saved at; None when not resuming."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else None

@@ -85,7 +85,7 @@ def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool, pa
         load_best_model_at_end=bool(early),
         metric_for_best_model=early.metric if early else None,
         greater_is_better=(not early.metric.endswith("loss")) if early else None,
-        report_to=[] if t.report_to == "none" else [t.report_to],
+        report_to=[],  # sft drives the trackers itself (trackers.py)
         use_cpu=no_gpu(),
         bf16=precision == "bf16",
         fp16=precision == "fp16",

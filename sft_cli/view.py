@@ -61,15 +61,14 @@ def render_examples(console: Console, shown, show_ids: bool = False) -> None:
         e = view.example
         trained = sum(t.trained for t in view.tokens)
         flags = " · truncated" if e.truncated else ""
-        console.rule(f"row {e.row} · {len(e.input_ids)} tokens · {trained} trained{flags}", align="left")
+        source = f"{view.source} " if view.source else ""
+        console.rule(f"{source}row {e.row} · {len(e.input_ids)} tokens · {trained} trained{flags}", align="left")
         console.print(token_text(view.tokens, show_ids), soft_wrap=True)
 
 
-def render_stats(console: Console, prepared) -> None:
-    """A prepared split's counts, length histogram, skipped rows and warnings."""
-    stats = prepared.stats
-    source = "cached" if prepared.cached else "encoded now"
-    table = Table(title=f"{prepared.split} split ({source})", show_header=False, title_justify="left")
+def render_stats(console: Console, title: str, stats, warnings: list) -> None:
+    """A split's counts, length histogram, skipped rows and warnings ((source label or "", Warning) pairs)."""
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("rows", f"{stats.rows:,}")
@@ -88,15 +87,34 @@ def render_stats(console: Console, prepared) -> None:
     render_histogram(console, stats.histogram())
     for number, reason in stats.skipped_rows[:5]:
         console.print(f"[yellow]skipped[/] row {number}: {escape(reason)}", highlight=False)
-    for warning in prepared.warnings:
+    for label, warning in warnings:
         more = warning.count - min(5, len(warning.rows))
         rows = ", ".join(map(str, warning.rows[:5])) + (f" (+{more:,} more)" if more > 0 else "")
         detail = f" [{escape(warning.detail)}]" if warning.detail else ""
+        where = f"{label} " if label else ""
         console.print(
-            f"[yellow]warning:[/] {warning.kind}: {warning.message}. rows {rows}{detail}",
+            f"[yellow]warning:[/] {warning.kind}: {warning.message}. {where}rows {rows}{detail}",
             highlight=False,
             soft_wrap=True,
         )
+
+
+def render_sources(console: Console, sources: list[dict], notes: list[str]) -> None:
+    """Several sources: each one's rows and examples, and, for the train split, its part of the mix."""
+    mixed = "taken" in (sources[0] if sources else {})
+    table = Table(title="sources", title_justify="left")
+    headers = ["source", "rows", "examples"] + (["weight", "taken", "repeats", "tokens", "share"] if mixed else [])
+    for header in headers:
+        table.add_column(header, justify="left" if header == "source" else "right")
+    for s in sources:
+        cells = [escape(s["label"]), f"{s['rows']:,}", f"{s['examples']:,}"]
+        if mixed:
+            weight = f"{s['weight']:g}" if s["weight"] is not None else "-"
+            cells += [weight, f"{s['taken']:,}", f"{s['repeats']:,}", f"{s['tokens']:,}", f"{s['share']:.1%}"]
+        table.add_row(*cells)
+    console.print(table)
+    for note in notes:
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def render_histogram(console: Console, histogram: dict, width: int = 32) -> None:
@@ -121,6 +139,14 @@ def render_plan(console: Console, plan) -> None:
             value = ", ".join(
                 f"{split} {'from the cache' if v['cached'] else 'encoded now'} ({v['folder']})"
                 for split, v in value.items()
+            )
+        if key == "sources":
+            value = ", ".join(
+                f"{v['label']} {v['taken']:,} examples ({v['share']:.1%}"
+                + (f", {v['repeats']:,} repeats" if v["repeats"] else "")
+                + (f", commit {v['commit']}" if v.get("commit") else "")
+                + ")"
+                for v in value
             )
         if key == "batching":
             value = (
@@ -157,6 +183,15 @@ def render_eval(console: Console, results) -> None:
         table.add_row(
             f"  exact · {task}",
             *[f"{r.by_task[task].as_dict()['exact_match']:.0%}" if task in r.by_task else "-" for r in results],
+        )
+    sources = list(results[-1].by_source)
+    for source in sources:
+        table.add_row(
+            f"  loss / exact · {escape(source)}",
+            *[
+                f"{r.by_source[source].loss:.4f} / {r.by_source[source].overall.as_dict()['exact_match']:.0%}"
+                for r in results
+            ],
         )
     console.print(table)
     samples = Table(title="answers", title_justify="left")
@@ -276,7 +311,15 @@ class ProgressView(Progress):
             return
         metrics = metrics or {}
         if "eval_loss" in metrics:
-            self.bar.console.print(f"step {completed}: eval loss {metrics['eval_loss']:.4f}", highlight=False)
+            per_source = [
+                f"{key[len('eval_') : -len('_loss')]} {value:.4f}"
+                for key, value in metrics.items()
+                if key.startswith("eval_") and key.endswith("_loss") and key != "eval_loss"
+            ]
+            sources = f" ({', '.join(per_source)})" if per_source else ""
+            self.bar.console.print(
+                f"step {completed}: eval loss {metrics['eval_loss']:.4f}{sources}", highlight=False, soft_wrap=True
+            )
         shown = ""
         if "loss" in metrics:
             shown = f"loss {metrics['loss']:.4f} | lr {metrics.get('learning_rate', 0):.2e}"

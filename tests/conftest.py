@@ -44,6 +44,12 @@ def smollm2_path() -> Path:
     return _require(SMOLLM2)
 
 
+@pytest.fixture(scope="session")
+def tiny_smollm() -> Path:
+    """A tiny random model with SmolLM2's tokenizer and ChatML chat template."""
+    return _require(FIXTURES / "tiny-smollm")
+
+
 @pytest.fixture(params=sorted(MODELS))
 def model_path(request) -> Path:
     """Each test that takes this runs on both tokenizers: the tiny one (adds BOS, pad != EOS) and SmolLM2."""

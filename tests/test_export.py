@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ALPACA_ROWS, CHAT_ROWS, FIXTURES, write_jsonl
+from conftest import ALPACA_ROWS, CHAT_ROWS, write_jsonl
 from families import FAMILIES, build_family_tokenizer
 from test_train import recipe_file
 from typer.testing import CliRunner
@@ -24,14 +24,6 @@ from sft_cli.train import train
 runner = CliRunner()
 MEMORISE = {"max_steps": 60, "learning_rate": 1e-2, "batch_size": 4}
 ROWS = ALPACA_ROWS * 2
-
-
-@pytest.fixture(scope="session")
-def tiny_smollm() -> Path:
-    path = FIXTURES / "tiny-smollm"
-    if not (path / "config.json").exists():
-        pytest.fail(f"{path} is missing: run `python scripts/build_fixtures.py` first", pytrace=False)
-    return path
 
 
 def trained(tmp: Path, model: Path, rows, **fields) -> Path:

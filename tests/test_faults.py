@@ -350,7 +350,7 @@ def test_a_full_disk_while_saving_is_one_error_and_the_run_stays_resumable(tmp_p
         clear_error(result, f"{small / 'run'}: no space left on the device", "--resume continues from")
         assert not (small / "run" / "model.safetensors").exists() and not (small / "run" / ".lock").exists()
     finally:
-        subprocess.run(["umount", str(small)])
+        subprocess.run(["umount", "--lazy", str(small)])  # lazily: an open handle must not keep it mounted
 
 
 def test_two_prepares_of_one_cache_entry_at_once(tmp_path, tiny_path):

@@ -140,6 +140,24 @@ def test_eval_scores_tuned_above_base(full_run, tmp_path):
     assert tuned["loss"] < base["loss"] and tuned["by_task"]["t"]["examples"] == 4
 
 
+def test_eval_of_several_files_scores_each_and_all(full_run, tmp_path):
+    seen = write_jsonl(tmp_path / "seen.jsonl", ALPACA_ROWS)
+    unseen = [{"instruction": "Name a colour.", "input": "", "output": "Turquoise, or perhaps teal."}]
+    new = write_jsonl(tmp_path / "new.jsonl", unseen)
+    result = runner.invoke(app, ["eval", str(full_run), "--data", str(seen), "--data", str(new), "--json"])
+    assert result.exit_code == 0, result.output
+    (tuned,) = json.loads(result.stdout)["results"]
+    per_file = tuned["by_source"]
+    assert list(per_file) == ["seen", "new"] and tuned["examples"] == 5
+    assert per_file["seen"]["exact_match"] >= 0.75 and per_file["new"]["exact_match"] == 0
+    assert per_file["seen"]["loss"] < tuned["loss"] < per_file["new"]["loss"]
+    tokens = per_file["seen"]["answer_tokens"] + per_file["new"]["answer_tokens"]
+    weighted = sum(f["loss"] * f["answer_tokens"] for f in per_file.values()) / tokens
+    assert tuned["answer_tokens"] == tokens and tuned["loss"] == pytest.approx(weighted, abs=1e-3)
+    shown = runner.invoke(app, ["eval", str(full_run), "--data", str(seen), "--data", str(new)])
+    assert "loss / exact · seen" in shown.output and "loss / exact · new" in shown.output
+
+
 @pytest.mark.parametrize(
     "answer, expected, exact, contains",
     [

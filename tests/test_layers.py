@@ -14,11 +14,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sft_cli"
 LAYERS = {
     # 1: the recipe, the run record, errors, the progress protocol
     "errors": 1, "folders": 1, "hub": 1, "recipe": 1, "recipe_yaml": 1, "run_record": 1, "progress": 1,
-    "trainer_fields": 1,
+    "trainer_fields": 1, "trackers": 1,
     # 2: rows and rendering
     "sources": 2, "marking": 2, "data": 2, "rendered": 2, "templates": 2, "chat": 2, "tokens": 2,
     # 3: encoding, and loading what encodes
-    "stats": 3, "encode": 3, "prepared": 3, "loading": 3,
+    "stats": 3, "encode": 3, "prepared": 3, "loading": 3, "mixing": 3,
     # 4: uses
     "preview": 4, "train": 4, "train_setup": 4, "callbacks": 4, "run_folder": 4, "batching": 4, "attention": 4,
     "trainer": 4, "plan": 4, "launch": 4, "generate": 4, "evaluate": 4, "merge": 4, "starter": 4, "export": 4,

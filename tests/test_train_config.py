@@ -28,13 +28,14 @@ NON_DEFAULT = {
     "save_steps": (4, "save_steps", 4),
     "save_total_limit": (3, "save_total_limit", 3),
     "logging_steps": (2, "logging_steps", 2),
-    "report_to": ("tensorboard", "report_to", ["tensorboard"]),
     "early_stopping": ({"patience": 2, "metric": "eval_loss"}, "metric_for_best_model", "eval_loss"),
     "precision": ("bf16", "bf16", True),
     "gradient_checkpointing": (True, "activation_checkpointing", True),
 }
 # shape the batches (the collator and sampler), not SFTConfig: checked through `layout`
 BATCH_FIELDS = {"padding_free": False, "packing": False}
+# drive sft's own trackers (tests/test_trackers.py), never transformers' integrations
+TRACKER_FIELDS = {"report_to": ["tensorboard"], "tracker_project": "project"}
 
 
 def config_for(tmp_path: Path, tiny_path: Path, training: dict):
@@ -45,21 +46,22 @@ def config_for(tmp_path: Path, tiny_path: Path, training: dict):
 
 
 def test_every_training_field_is_listed():
-    assert set(TrainingSection.model_fields) == set(NON_DEFAULT) | set(BATCH_FIELDS)
+    assert set(TrainingSection.model_fields) == set(NON_DEFAULT) | set(BATCH_FIELDS) | set(TRACKER_FIELDS)
     for name, (value, _, _) in NON_DEFAULT.items():
         assert TrainingSection.model_fields[name].default != value, name
 
 
 def test_every_training_field_reaches_sft_config(tmp_path, tiny_path):
-    training = {name: value for name, (value, _, _) in NON_DEFAULT.items()} | BATCH_FIELDS
+    training = {name: value for name, (value, _, _) in NON_DEFAULT.items()} | BATCH_FIELDS | TRACKER_FIELDS
     recipe, config = config_for(tmp_path, tiny_path, training)
     for name, (_, attribute, expected) in NON_DEFAULT.items():
         assert getattr(config, attribute) == expected, (name, attribute, getattr(config, attribute))
     assert config.load_best_model_at_end and config.data_seed == 7 and config.per_device_eval_batch_size == 3
     assert layout(recipe) == "padded" and config.include_num_input_tokens_seen == "non_padding"
+    assert config.report_to in ([], ["none"]), "transformers' tracker callbacks would log everything twice"
     early = [
         c
-        for c in make_callbacks(recipe, tmp_path, Progress(), True, RunState())
+        for c in make_callbacks(recipe, tmp_path, Progress(), True, RunState(), None)
         if hasattr(c, "early_stopping_patience")
     ]
     assert early[0].early_stopping_patience == 2

@@ -1,0 +1,142 @@
+"""Experiment trackers: a real run logs to TensorBoard and MLflow, read back with their own readers; a tracker that
+cannot run is a `sft validate` error before any model loads."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import yaml
+from test_mixing import SIZES, mixed_recipe, sources, write_sources
+from typer.testing import CliRunner
+
+from sft_cli.cli import app
+from sft_cli.recipe import load_recipe
+from sft_cli.trackers import _wandb_logged_in, metric_names
+from sft_cli.train import train
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    return uri
+
+
+def test_a_run_logs_every_step_and_each_sources_eval_to_tensorboard_and_mlflow(tmp_path, tiny_smollm, mlflow_store):
+    import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = write_sources(tmp_path, {"alpaca": 60, "qa": 40, "dialogues": 30})
+    training = {"eval_steps": 3, "report_to": ["tensorboard", "mlflow"], "tracker_project": "mix-test"}
+    path = mixed_recipe(tmp_path, tiny_smollm, sources(files), training=training, eval_fraction=0.2)
+    run_dir = train(load_recipe(path)).run_dir
+    steps = list(range(1, 7))
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+
+    def tb(tag):
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    assert [step for step, _ in tb("train/loss")] == steps
+    for tag in ("train/learning_rate", "train/grad_norm", "train/tokens_per_s", "train/trained_tokens_per_step"):
+        assert tag in scalars, (tag, scalars)
+    assert [step for step, _ in tb("eval/loss")] == [3, 6]
+    for label in SIZES:
+        assert [step for step, _ in tb(f"eval/{label}/loss")] == [3, 6]
+    assert "recipe" in " ".join(events.Tags()["tensors"])  # the recipe as text
+    written = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [value for _, value in tb("train/loss")] == pytest.approx([r["loss"] for r in written if "loss" in r])
+
+    client = mlflow.MlflowClient(mlflow_store)
+    experiment = client.get_experiment_by_name("mix-test")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train.loss")] == steps
+    for label in SIZES:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, f"eval.{label}.loss")] == [3, 6]
+    assert run.data.params["recipe.template"] == "chat" and run.data.params["recipe.training.eval_steps"] == "3"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"recipe.json", "plan.json", "run.json"} <= artifacts
+    facts = json.loads((run_dir / "run.json").read_text())
+    assert json.loads((run_dir / "trackers.json").read_text()) == {"mlflow": run.info.run_id}
+    assert facts["eval"]["eval_qa_loss"] == pytest.approx(
+        client.get_metric_history(run.info.run_id, "eval.qa.loss")[-1].value
+    )
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path, tiny_path, mlflow_store):
+    import mlflow
+    from test_train import recipe_file
+
+    path = recipe_file(tmp_path, tiny_path, training={"report_to": "mlflow", "max_steps": 6, "save_steps": 3})
+    first = runner.invoke(app, ["train", str(path), "--set", "training.max_steps=3"])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["train", str(path), "--resume"])
+    assert again.exit_code == 0, again.output
+    client = mlflow.MlflowClient(mlflow_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("recipe").experiment_id])  # the recipe's name
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train.loss")] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("tracker, module", [("mlflow", "mlflow"), ("tensorboard", "tensorboard"), ("wandb", "wandb")])
+def test_a_tracker_that_is_not_installed_fails_validate(make_recipe, tiny_path, monkeypatch, tracker, module):
+    monkeypatch.setitem(sys.modules, module, None)  # as Python sees an uninstalled package: import fails
+    result = runner.invoke(app, ["validate", str(make_recipe(tiny_path)), "--set", f"training.report_to=[{tracker}]"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{tracker} is not installed" in result.output and f"pip install 'sft-cli[{tracker}]'" in result.output
+
+
+def test_train_refuses_a_missing_tracker_before_loading_anything(make_recipe, tiny_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    result = runner.invoke(app, ["train", str(make_recipe(tiny_path)), "--set", "training.report_to=mlflow"])
+    assert result.exit_code == 2 and "mlflow is not installed" in result.output
+    assert "run folder" not in result.output
+
+
+def test_wandb_needs_a_login_or_offline_mode(tmp_path, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine example.com login a password b\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert not _wandb_logged_in()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert _wandb_logged_in()
+    monkeypatch.delenv("WANDB_MODE")
+    netrc.write_text("machine api.wandb.ai login user password key\n")
+    assert _wandb_logged_in()
+
+
+def test_report_to_reads_one_name_none_or_a_list(make_recipe, tiny_path):
+    def report_to(value):
+        return load_recipe(make_recipe(tiny_path), [f"training.report_to={value}"]).recipe.training.report_to
+
+    assert report_to("none") == [] and report_to("tensorboard") == ["tensorboard"]
+    assert report_to("[mlflow, tensorboard]") == ["mlflow", "tensorboard"]
+    result = runner.invoke(app, ["validate", str(make_recipe(tiny_path)), "--set", "training.report_to=[comet]"])
+    assert result.exit_code == 2 and "tensorboard" in result.output
+
+
+def test_metric_names_group_train_and_eval():
+    record = {"step": 3, "epoch": 0.5, "loss": 1.0, "eval_loss": 2.0, "eval_qa_loss": 3.0, "eval_runtime": 0.1}
+    assert metric_names(record) == {
+        "train/epoch": 0.5, "train/loss": 1.0, "eval/loss": 2.0, "eval/qa/loss": 3.0, "eval/runtime": 0.1,
+    }  # fmt: skip
+
+
+def test_validate_names_the_tracker_keys_in_the_starter_recipe(tmp_path):
+    """`sft init` documents every key: the tracker keys too."""
+    result = runner.invoke(app, ["init", "--output", str(tmp_path / "r.yaml")])
+    assert result.exit_code == 0
+    text = (tmp_path / "r.yaml").read_text()
+    assert "report_to" in text and "tracker_project" in text and "sources" in text
+    assert yaml.safe_load(text)
