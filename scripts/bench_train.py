@@ -1,7 +1,9 @@
 """Training throughput, side by side on the same rows and the same number of optimizer steps, each run in its own
 process (clean peak memory):
 
-  sft          `sft train` with its defaults (padding-free batches, per-sequence attention, fp32 on CPU)
+  sft          `sft train` with its defaults (padding-free batches, per-sequence attention, fp32 on CPU, the
+               chunked loss over trained tokens only)
+  sft-full-logits  the same with `training.chunked_loss: false` (the model's own loss over full logits)
   trl-default  a plain TRL SFTTrainer script with TRL's defaults (bf16, gradient checkpointing, padded batches)
   trl-tuned    the same script tuned by hand: fp32 on CPU, no gradient checkpointing, TRL's padding_free
   raw          a bare PyTorch loop (AdamW, no Trainer) over sft's own batches: the upper bound
@@ -61,6 +63,7 @@ class Counter:
 
     def __init__(self):
         self.tokens = self.trained = self.squares = 0
+        self.count_labels_here = False  # sft's runs count trained tokens in compute_loss instead
 
     def __call__(self, module, args, kwargs):
         if not module.training:
@@ -75,7 +78,7 @@ class Counter:
             lengths = kwargs["attention_mask"].sum(1).tolist()
         self.tokens += sum(lengths)
         self.squares += sum(n * n for n in lengths)
-        if labels is not None:
+        if labels is not None and not self.count_labels_here:
             self.trained += int((labels[..., 1:] != -100).sum())
 
 
@@ -92,7 +95,7 @@ def train_flops(model, counter: Counter) -> float:
     return 6 * matmul_parameters(model) * counter.tokens + 6 * config.num_hidden_layers * hidden * counter.squares
 
 
-def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path) -> Path:
+def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path, chunked: bool = True) -> Path:
     import yaml
 
     recipe = {
@@ -105,6 +108,7 @@ def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path) -> Pat
             "logging_steps": 1,
             "save_steps": 10_000,
             "warmup_ratio": 0.0,
+            "chunked_loss": chunked,
         },
         "output": {"dir": str(out / "run")},
     }
@@ -113,13 +117,22 @@ def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path) -> Pat
     return path
 
 
-def run_sft(data, model, steps, batch, out, counter) -> tuple:
+def run_sft(data, model, steps, batch, out, counter, chunked: bool = True) -> tuple:
     from sft_cli.recipe import load_recipe
     from sft_cli.train import prepare
 
-    session = prepare(load_recipe(sft_recipe(data, model, steps, batch, out)), no_cache=True)
+    session = prepare(load_recipe(sft_recipe(data, model, steps, batch, out, chunked)), no_cache=True)
     trainer = session.trainer
     trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
+    compute_loss = trainer.compute_loss
+
+    def counted(model, inputs, *args, **kwargs):  # the chunked loss keeps the labels from the model's forward
+        if model.training and counter.count_labels_here:
+            counter.trained += int((inputs["labels"][..., 1:] != -100).sum())
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    counter.count_labels_here = True
+    trainer.compute_loss = counted
     start = time.perf_counter()
     trainer.train()
     return time.perf_counter() - start, trainer.model, session.plan.precision
@@ -238,8 +251,9 @@ def worker(kind: str, data: Path, model: str, steps: int, batch: int) -> None:
     transformers.logging.set_verbosity_error()
     counter = Counter()
     with tempfile.TemporaryDirectory() as tmp:
-        if kind == "sft":
-            seconds, trained_model, precision = run_sft(data, model, steps, batch, Path(tmp), counter)
+        if kind in ("sft", "sft-full-logits"):
+            chunked = kind == "sft"
+            seconds, trained_model, precision = run_sft(data, model, steps, batch, Path(tmp), counter, chunked)
         elif kind == "raw":
             seconds, trained_model, precision = run_raw(data, model, steps, batch, Path(tmp), counter)
         else:

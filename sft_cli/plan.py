@@ -34,6 +34,7 @@ class Plan:
     resume_from: str | None = None
     batching: dict = field(default_factory=dict)  # layout, tokens per step, padding share, packing efficiency
     attention: str = ""  # the attention implementation training runs with
+    loss: str = ""  # how the loss is computed: chunked (trained tokens only), full logits, or TRL's fused head
     prepared: dict = field(default_factory=dict)  # per split: fingerprint, whether the cache had it, folder
     sources: list = field(default_factory=list)  # each source's examples, share, tokens (and hub revision)
 

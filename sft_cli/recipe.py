@@ -224,6 +224,9 @@ class TrainingSection(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU"
     )
+    chunked_loss: bool = Field(
+        True, description="loss through the LM head over trained tokens only, in chunks: never the full logits (CPU)"
+    )
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward: less memory, slower steps"
     )

@@ -19,6 +19,7 @@ from typing import Any
 from sft_cli.attention import restore_attention, use_sequence_attention
 from sft_cli.batching import BatchPlan, Collator, bins_dataset, plan_batches, sequence_lengths
 from sft_cli.callbacks import RunState, make_callbacks
+from sft_cli.chunked_loss import head_of
 from sft_cli.errors import SftError
 from sft_cli.loading import load_model, load_tokenizer
 from sft_cli.mixing import Mix, prepare_mix
@@ -218,6 +219,7 @@ def setup_trainer(
     trainer = SftTrainer(
         model=model.model,
         fused_loss=not no_gpu(),
+        chunked_loss=recipe.training.chunked_loss,
         args=sft_config(recipe, run_folder.path, precision, data.eval_rows is not None, padding_free),
         train_dataset=bins_dataset(data.bins) if data.bins is not None else data.train_rows,
         eval_dataset=data.eval_rows,
@@ -273,6 +275,7 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
         model.model,
         model.attention,
     )
+    plan.loss = loss_kind(recipe, model.model, distributed.num_processes)
     session = Session(
         loaded,
         plan,
@@ -405,6 +408,14 @@ def gathered(value) -> list:
     from accelerate.utils import gather_object
 
     return gather_object([value])
+
+
+def loss_kind(recipe: Recipe, model, processes: int) -> str:
+    """How the trainer computes the loss (see trainer.py)."""
+    if not no_gpu():
+        return "TRL fused LM head"
+    chunked = recipe.training.chunked_loss and processes == 1 and head_of(model) is not None
+    return "chunked" if chunked else "full logits"
 
 
 def checkpoint_step(checkpoint: str | None) -> int | None:

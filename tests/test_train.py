@@ -239,7 +239,7 @@ def test_two_processes_on_cpu(tmp_path, tiny_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["plan"]["world_size"] == 2
+    assert record["plan"]["world_size"] == 2 and record["plan"]["loss"] == "full logits"  # DDP: no chunked loss
     first, second = record["first_batch_rows_by_rank"]
     assert first and second and not set(first) & set(second)
     # rank 0 encoded the rows (main process first); rank 1 read what it wrote

@@ -36,6 +36,8 @@ NON_DEFAULT = {
 BATCH_FIELDS = {"padding_free": False, "packing": False}
 # drive sft's own trackers (tests/test_trackers.py), never transformers' integrations
 TRACKER_FIELDS = {"report_to": ["tensorboard"], "tracker_project": "project"}
+# choose the loss computation (tests/test_chunked_loss.py)
+LOSS_FIELDS = {"chunked_loss": False}
 
 
 def config_for(tmp_path: Path, tiny_path: Path, training: dict):
@@ -46,7 +48,9 @@ def config_for(tmp_path: Path, tiny_path: Path, training: dict):
 
 
 def test_every_training_field_is_listed():
-    assert set(TrainingSection.model_fields) == set(NON_DEFAULT) | set(BATCH_FIELDS) | set(TRACKER_FIELDS)
+    assert set(TrainingSection.model_fields) == set(NON_DEFAULT) | set(BATCH_FIELDS) | set(TRACKER_FIELDS) | set(
+        LOSS_FIELDS
+    )
     for name, (value, _, _) in NON_DEFAULT.items():
         assert TrainingSection.model_fields[name].default != value, name
 
