@@ -35,7 +35,16 @@ def init(
 
 
 @command
-def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
+def validate(
+    recipe: Path = RecipeArg,
+    set_: list[str] | None = SetOpt,
+    memory: bool = typer.Option(
+        False,
+        "--memory",
+        help="Also forecast the run's peak memory per process (encodes the data or reads the cache, and reads the "
+        "model's config; no weights load).",
+    ),
+) -> None:
     """Check a recipe without loading any model: every problem at once, with its key and line."""
     from sft_cli.trackers import check_trackers
     from sft_cli.trainer_fields import check_trainer_args, source_field_names
@@ -44,6 +53,13 @@ def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     check_trainer_args(loaded.recipe.trainer_args, source_field_names(), str(recipe))
     check_trackers(loaded.recipe.training.report_to, str(recipe))
     out.print(f"[green]✓[/] {recipe} is valid: {loaded.recipe.summary()}", highlight=False, soft_wrap=True)
+    if memory:
+        quiet_libraries()
+        from sft_cli.memory import memory_warning, recipe_forecast
+        from sft_cli.view import ProgressView, render_memory
+
+        forecast = recipe_forecast(loaded.recipe, ProgressView(err))
+        render_memory(out, forecast.as_dict(), memory_warning(forecast))
 
 
 NoCacheOpt = typer.Option(

@@ -101,6 +101,24 @@ def load_model(model: ModelSection, dtype, quantization_config=None, vocab_size:
     return loaded
 
 
+def load_model_skeleton(model: ModelSection, vocab_size: int | None = None):
+    """The model's architecture on the meta device: every parameter's shape, no weights read or allocated (the
+    memory forecast of `sft validate --memory`)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    name, kwargs = model_location(model)
+    try:
+        config = AutoConfig.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _cannot_load("model config", name, exc) from None
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
+        if vocab_size and vocab_size > skeleton.get_input_embeddings().weight.shape[0]:
+            skeleton.resize_token_embeddings(vocab_size)
+    return skeleton
+
+
 def quiet_libraries() -> None:
     """Silence the transformers/TRL/datasets log flood (commands show it again with --verbose)."""
     import logging

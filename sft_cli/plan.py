@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from sft_cli.batching import BatchPlan
+from sft_cli.chunked_loss import head_of
+from sft_cli.memory import memory_warning, run_forecast, trained_share
 from sft_cli.mixing import Mix
 from sft_cli.recipe import Recipe
 from sft_cli.run_folder import RunFolder
 from sft_cli.templates import extra_special_tokens
+from sft_cli.train_setup import no_gpu
 
 
 @dataclass
@@ -37,6 +40,8 @@ class Plan:
     loss: str = ""  # how the loss is computed: chunked (trained tokens only), full logits, or TRL's fused head
     prepared: dict = field(default_factory=dict)  # per split: fingerprint, whether the cache had it, folder
     sources: list = field(default_factory=list)  # each source's examples, share, tokens (and hub revision)
+    memory: dict = field(default_factory=dict)  # the peak memory forecast per process (memory.py)
+    memory_warning: str | None = None  # when the forecast fills more than 90% of the device's memory
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -50,14 +55,18 @@ def make_plan(
     world: int,
     mix: Mix,
     batch_plan: BatchPlan,
+    lengths: list[int],
     model,
     attention: str,
+    runtime: int,
 ) -> Plan:
-    """The plan from the setup stages' results: the sources' mix, the batch plan and the model."""
+    """The plan from the setup stages' results: the sources' mix, the batch plan, the model, and the process's
+    resident memory before the model loaded (`runtime`)."""
     t = recipe.training
     train, evaluation = mix.stats("train"), mix.stats("eval")
     per_step = t.batch_size * t.gradient_accumulation_steps * world
     steps = t.max_steps or max(1, int(-(-batch_plan.items // per_step) * t.epochs))
+    memory = run_forecast(recipe, model, lengths, trained_share(mix), runtime)
     return Plan(
         run_dir=run_folder.path,
         device=device,
@@ -81,4 +90,15 @@ def make_plan(
         total_parameters=sum(p.numel() for p in model.parameters()),
         new_tokens=extra_special_tokens(recipe.template),
         attention=attention,
+        loss=loss_kind(recipe, model, world),
+        memory=memory.as_dict(),
+        memory_warning=memory_warning(memory),
     )
+
+
+def loss_kind(recipe: Recipe, model, processes: int) -> str:
+    """How the trainer computes the loss (see trainer.py)."""
+    if not no_gpu():
+        return "TRL fused LM head"
+    chunked = recipe.training.chunked_loss and processes == 1 and head_of(model) is not None
+    return "chunked" if chunked else "full logits"

@@ -19,9 +19,9 @@ from typing import Any
 from sft_cli.attention import restore_attention, use_sequence_attention
 from sft_cli.batching import BatchPlan, Collator, bins_dataset, plan_batches, sequence_lengths
 from sft_cli.callbacks import RunState, make_callbacks
-from sft_cli.chunked_loss import head_of
 from sft_cli.errors import SftError
 from sft_cli.loading import load_model, load_tokenizer
+from sft_cli.memory import measured_peak, resident_bytes, return_freed_memory
 from sft_cli.mixing import Mix, prepare_mix
 from sft_cli.plan import Plan, make_plan
 from sft_cli.progress import Progress
@@ -64,6 +64,7 @@ class TrainingData:
     train_rows: Any  # datasets.Dataset, memory-mapped, opened once
     eval_rows: Any | None  # one eval set, or {source label: eval set} for several sources
     batch_plan: BatchPlan
+    lengths: list[int]  # of every train example, in tokens
     bins: list[list[int]] | None  # packed bins of train row indices, when packing
     temporary: str | None  # under --no-cache, the prepared data's folder, removed when the run ends
 
@@ -76,6 +77,7 @@ class TrainingModel:
     model: Any
     attention: str
     loaded_attention: str
+    runtime: int  # the process's resident bytes before the model loaded (the memory forecast's runtime part)
 
 
 @dataclass
@@ -172,15 +174,16 @@ def setup_data(recipe: Recipe, distributed, no_cache: bool, progress: Progress) 
         eval_rows = {label: rows.remove_columns(["truncated"]) for label, rows in eval_rows.items()}
     elif eval_rows is not None:
         eval_rows = eval_rows.remove_columns(["truncated"])
+    lengths = sequence_lengths(train_rows)
     batch_plan, bins = plan_batches(
-        sequence_lengths(train_rows),
+        lengths,
         t.batch_size,
         t.gradient_accumulation_steps,
         layout(recipe),
         recipe.max_length,
         t.seed,
     )
-    return TrainingData(tokenizer, options, mix, train_rows, eval_rows, batch_plan, bins, root[0])
+    return TrainingData(tokenizer, options, mix, train_rows, eval_rows, batch_plan, lengths, bins, root[0])
 
 
 def setup_model(recipe: Recipe, precision: str, tokenizer, quantization_config) -> TrainingModel:
@@ -190,13 +193,14 @@ def setup_model(recipe: Recipe, precision: str, tokenizer, quantization_config) 
 
     # fp16 mixed precision keeps fp32 master weights; bf16 trains in bf16
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    runtime = resident_bytes()
     model = load_model(recipe.model, dtype, quantization_config, len(tokenizer))
     loaded_attention = model.config._attn_implementation
     attention = use_sequence_attention(model) if recipe.training.padding_free else loaded_attention
     if recipe.lora:
         new_ids = tokenizer.convert_tokens_to_ids(extra_special_tokens(recipe.template))
         model = lora_model(model, recipe, new_ids)
-    return TrainingModel(model, attention, loaded_attention)
+    return TrainingModel(model, attention, loaded_attention, runtime)
 
 
 def setup_trainer(
@@ -262,6 +266,8 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
     recipe = loaded.recipe
     device, precision = pick_precision(recipe.training.precision)
     quantization_config = quantization(recipe)  # QLoRA without a GPU fails here, before any encoding
+    if no_gpu():
+        return_freed_memory()  # else a CPU run's resident memory grows step after step (memory.py)
     data = setup_data(recipe, distributed, no_cache, progress)
     model = setup_model(recipe, precision, data.tokenizer, quantization_config)
     plan = make_plan(
@@ -272,10 +278,13 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
         distributed.num_processes,
         data.mix,
         data.batch_plan,
+        data.lengths,
         model.model,
         model.attention,
+        model.runtime,
     )
-    plan.loss = loss_kind(recipe, model.model, distributed.num_processes)
+    if plan.memory_warning and distributed.is_main_process:
+        progress.note(f"warning: {plan.memory_warning}")
     session = Session(
         loaded,
         plan,
@@ -400,6 +409,7 @@ def run_facts(session: Session, result: RunResult, wall: float, rows_by_rank: li
         "first_batch_rows_by_rank": rows_by_rank,
         "prepared_by_rank": prepared_by_rank,
         "resume_command": result.resume_command,
+        "memory": {"forecast_mb": result.plan.memory.get("forecast_mb"), **measured_peak()},
     }
 
 
@@ -408,14 +418,6 @@ def gathered(value) -> list:
     from accelerate.utils import gather_object
 
     return gather_object([value])
-
-
-def loss_kind(recipe: Recipe, model, processes: int) -> str:
-    """How the trainer computes the loss (see trainer.py)."""
-    if not no_gpu():
-        return "TRL fused LM head"
-    chunked = recipe.training.chunked_loss and processes == 1 and head_of(model) is not None
-    return "chunked" if chunked else "full logits"
 
 
 def checkpoint_step(checkpoint: str | None) -> int | None:

@@ -158,9 +158,31 @@ def render_plan(console: Console, plan) -> None:
                     else ""
                 )
             )
+        if key == "memory":
+            value = memory_line(value)
+        if key == "memory_warning" and not value:
+            continue
         shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
         table.add_row(key.replace("_", " "), shown)
     console.print(table)
+
+
+def memory_line(memory: dict) -> str:
+    """The forecast in one line: total against the device, then its parts."""
+    parts = ", ".join(f"{name.replace('_', ' ')} {size:,}" for name, size in memory["parts_mb"].items() if size)
+    device = memory["device_memory_mb"]
+    against = f" of {device:,} MB ({memory['forecast_mb'] / device:.0%})" if device else ""
+    return (
+        f"{memory['forecast_mb']:,} MB per process{against} at the longest batch ({memory['batch_tokens']:,} "
+        f"tokens): {parts} MB"
+    )
+
+
+def render_memory(console: Console, memory: dict, warning: str | None) -> None:
+    """`sft validate --memory`."""
+    console.print(f"memory forecast: {memory_line(memory)}", highlight=False, soft_wrap=True)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def render_eval(console: Console, results) -> None:

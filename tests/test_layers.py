@@ -21,7 +21,8 @@ LAYERS = {
     "stats": 3, "encode": 3, "prepared": 3, "loading": 3, "mixing": 3,
     # 4: uses
     "preview": 4, "train": 4, "train_setup": 4, "callbacks": 4, "run_folder": 4, "batching": 4, "attention": 4,
-    "trainer": 4, "plan": 4, "launch": 4, "generate": 4, "evaluate": 4, "merge": 4, "starter": 4, "export": 4,
+    "trainer": 4, "plan": 4, "memory": 4, "launch": 4, "generate": 4, "evaluate": 4, "merge": 4, "starter": 4,
+    "export": 4,
     "smoke": 4, "smoke_model": 4,
     # 5: the command line and its view
     "cli": 5, "cli_base": 5, "cli_runs": 5, "view": 5, "__main__": 5, "__init__": 5,
