@@ -59,7 +59,7 @@ def test_validate_forecasts_from_the_architecture_alone_what_a_loaded_model_give
     done = runner.invoke(app, ["validate", str(tmp_path / "recipe.yaml"), "--memory"])
     assert done.exit_code == 0, done.output
     line = next(line for line in done.output.splitlines() if line.startswith("memory forecast:"))
-    for part in ("runtime", "weights", "optimizer", "gradients", "activations", "logits", "at the longest batch"):
+    for part in ("MB per process of", "at the longest batch", "runtime"):  # the tiny model's other parts round to 0 MB
         assert part in line
 
 
