@@ -4,6 +4,8 @@ process (clean peak memory):
   sft          `sft train` with its defaults (padding-free batches, per-sequence attention, fp32 on CPU, the
                chunked loss over trained tokens only)
   sft-full-logits  the same with `training.chunked_loss: false` (the model's own loss over full logits)
+  sft-compiled the same with `training.compile: true` (each decoder layer compiled, dynamic shapes; the compile
+               time is inside the measured time, as a user pays it)
   trl-default  a plain TRL SFTTrainer script with TRL's defaults (bf16, gradient checkpointing, padded batches)
   trl-tuned    the same script tuned by hand: fp32 on CPU, no gradient checkpointing, TRL's padding_free
   raw          a bare PyTorch loop (AdamW, no Trainer) over sft's own batches: the upper bound
@@ -36,6 +38,7 @@ from bench_prepare import TASKS, words  # noqa: E402  (the same long-tailed row 
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LENGTH = 1024
+SFT_RUNS = {"sft": {}, "sft-full-logits": {"chunked_loss": False}, "sft-compiled": {"compile": True}}
 
 
 def rows_file(kind: str, folder: Path) -> Path:
@@ -95,7 +98,7 @@ def train_flops(model, counter: Counter) -> float:
     return 6 * matmul_parameters(model) * counter.tokens + 6 * config.num_hidden_layers * hidden * counter.squares
 
 
-def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path, chunked: bool = True) -> Path:
+def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path, training: dict) -> Path:
     import yaml
 
     recipe = {
@@ -108,7 +111,7 @@ def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path, chunke
             "logging_steps": 1,
             "save_steps": 10_000,
             "warmup_ratio": 0.0,
-            "chunked_loss": chunked,
+            **training,
         },
         "output": {"dir": str(out / "run")},
     }
@@ -117,11 +120,11 @@ def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path, chunke
     return path
 
 
-def run_sft(data, model, steps, batch, out, counter, chunked: bool = True) -> tuple:
+def run_sft(data, model, steps, batch, out, counter, training: dict) -> tuple:
     from sft_cli.recipe import load_recipe
     from sft_cli.train import prepare
 
-    session = prepare(load_recipe(sft_recipe(data, model, steps, batch, out, chunked)), no_cache=True)
+    session = prepare(load_recipe(sft_recipe(data, model, steps, batch, out, training)), no_cache=True)
     trainer = session.trainer
     trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
     compute_loss = trainer.compute_loss
@@ -188,7 +191,7 @@ def run_raw(data, model_name, steps, batch, out, counter) -> tuple:
     from sft_cli.prepared import prepare_split
     from sft_cli.recipe import load_recipe
 
-    recipe = load_recipe(sft_recipe(data, model_name, steps, batch, out)).recipe
+    recipe = load_recipe(sft_recipe(data, model_name, steps, batch, out, {})).recipe
     tokenizer = load_tokenizer(recipe)
     dataset = prepare_split(recipe, tokenizer, "train", cache=False).dataset()
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
@@ -251,9 +254,8 @@ def worker(kind: str, data: Path, model: str, steps: int, batch: int) -> None:
     transformers.logging.set_verbosity_error()
     counter = Counter()
     with tempfile.TemporaryDirectory() as tmp:
-        if kind in ("sft", "sft-full-logits"):
-            chunked = kind == "sft"
-            seconds, trained_model, precision = run_sft(data, model, steps, batch, Path(tmp), counter, chunked)
+        if kind in SFT_RUNS:
+            seconds, trained_model, precision = run_sft(data, model, steps, batch, Path(tmp), counter, SFT_RUNS[kind])
         elif kind == "raw":
             seconds, trained_model, precision = run_raw(data, model, steps, batch, Path(tmp), counter)
         else:

@@ -230,6 +230,9 @@ class TrainingSection(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward: less memory, slower steps"
     )
+    compile: bool = Field(
+        False, description="torch.compile each decoder layer (dynamic shapes); off: on CPU it did not repay its cost"
+    )
     padding_free: bool = Field(
         True, description="concatenate a batch's examples without padding; attention stays inside each example"
     )

@@ -41,7 +41,11 @@ from sft_cli.run_record import RunRecord
 from sft_cli.templates import extra_special_tokens, render_options
 from sft_cli.trackers import Trackers, check_trackers
 from sft_cli.train_setup import (
+    checkpoint_step,
+    compile_counts,
+    compile_decoder_layers,
     distributed_state,
+    gathered,
     layout,
     lora_model,
     no_gpu,
@@ -200,6 +204,8 @@ def setup_model(recipe: Recipe, precision: str, tokenizer, quantization_config) 
     if recipe.lora:
         new_ids = tokenizer.convert_tokens_to_ids(extra_special_tokens(recipe.template))
         model = lora_model(model, recipe, new_ids)
+    if recipe.training.compile:
+        compile_decoder_layers(model)
     return TrainingModel(model, attention, loaded_attention, runtime)
 
 
@@ -410,16 +416,5 @@ def run_facts(session: Session, result: RunResult, wall: float, rows_by_rank: li
         "prepared_by_rank": prepared_by_rank,
         "resume_command": result.resume_command,
         "memory": {"forecast_mb": result.plan.memory.get("forecast_mb"), **measured_peak()},
+        "compile": compile_counts() if session.loaded.recipe.training.compile else None,
     }
-
-
-def gathered(value) -> list:
-    """`value` from every process, in rank order (a list of one when not distributed)."""
-    from accelerate.utils import gather_object
-
-    return gather_object([value])
-
-
-def checkpoint_step(checkpoint: str | None) -> int | None:
-    """The step a checkpoint folder (`checkpoint-<step>`) was saved at; None when not resuming."""
-    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else None

@@ -17,6 +17,18 @@ def distributed_state():
     return PartialState(cpu=no_gpu())
 
 
+def gathered(value) -> list:
+    """`value` from every process, in rank order (a list of one when not distributed)."""
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
+
+
+def checkpoint_step(checkpoint: str | None) -> int | None:
+    """The step a checkpoint folder (`checkpoint-<step>`) was saved at; None when not resuming."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else None
+
+
 def pick_precision(requested: str) -> tuple[str, str]:
     """(device, precision): bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (bf16 is ~8x slower
     there). An explicit choice is honoured where the hardware can run it."""
@@ -145,6 +157,38 @@ def check_target_modules(model, targets: str | list[str]) -> None:
             f"lora.target_modules: {', '.join(missing)} not in {kind}; its linear modules: {', '.join(linear)}",
             hint="name some of those, or use target_modules: all-linear",
         )
+
+
+def compile_decoder_layers(model) -> int:
+    """torch.compile each decoder layer in place, with dynamic shapes: padding-free batches change their token
+    count every step, and one graph per layer kind serves them all (the per-sequence attention's Python loop stays
+    eager between graphs). In place, so state-dict names, checkpoints and the saved model are unchanged. Whole-model
+    compilation (TRL's `torch_compile`) was slower on CPU (scripts/bench_compile.py). Returns the layers compiled."""
+    import torch
+
+    layers = next(
+        (m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == decoder_depth(model)), []
+    )
+    import torch._dynamo
+
+    torch._dynamo.reset()  # a run counts its own graphs (compile_counts)
+    torch._dynamo.utils.counters.clear()
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def decoder_depth(model) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return config.num_hidden_layers
+
+
+def compile_counts() -> dict:
+    """TorchDynamo's counts since the layers were compiled, for run.json: the graphs captured and the frames compiled.
+    With dynamic shapes they stay the same however many batch shapes the run sees (no recompilation per step)."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": counters["stats"]["unique_graphs"], "frames_compiled": counters["frames"]["ok"]}
 
 
 def quantization(recipe: Recipe):

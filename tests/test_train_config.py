@@ -38,6 +38,8 @@ BATCH_FIELDS = {"padding_free": False, "packing": False}
 TRACKER_FIELDS = {"report_to": ["tensorboard"], "tracker_project": "project"}
 # choose the loss computation (tests/test_chunked_loss.py)
 LOSS_FIELDS = {"chunked_loss": False}
+# compile the decoder layers in sft, not TRL's whole-model torch_compile (tests/test_compile.py)
+COMPILE_FIELDS = {"compile": True}
 
 
 def config_for(tmp_path: Path, tiny_path: Path, training: dict):
@@ -48,9 +50,8 @@ def config_for(tmp_path: Path, tiny_path: Path, training: dict):
 
 
 def test_every_training_field_is_listed():
-    assert set(TrainingSection.model_fields) == set(NON_DEFAULT) | set(BATCH_FIELDS) | set(TRACKER_FIELDS) | set(
-        LOSS_FIELDS
-    )
+    listed = set(NON_DEFAULT) | set(BATCH_FIELDS) | set(TRACKER_FIELDS) | set(LOSS_FIELDS) | set(COMPILE_FIELDS)
+    assert set(TrainingSection.model_fields) == listed
     for name, (value, _, _) in NON_DEFAULT.items():
         assert TrainingSection.model_fields[name].default != value, name
 
