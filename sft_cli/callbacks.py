@@ -33,6 +33,11 @@ def make_callbacks(
     main process's experiment trackers, started by the run before the first step."""
     from transformers import EarlyStoppingCallback, TrainerCallback
 
+    from sft_cli.memory import heap_trimmer
+    from sft_cli.train_setup import no_gpu
+
+    trim = heap_trimmer() if no_gpu() else None  # freed activations back to the system after each step (memory.py)
+
     class Monitor(TrainerCallback):
         """Writes metrics.jsonl, feeds the trackers, drives the progress view, and turns Ctrl-C into
         save-and-stop."""
@@ -56,6 +61,8 @@ def make_callbacks(
                 progress.note("interrupt: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
 
         def on_step_end(self, args, st, control, **kwargs):
+            if trim is not None:
+                trim()
             if state.stop_at_step == st.global_step:
                 os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during this step
             if state.interrupted:

@@ -6,8 +6,9 @@ norms), per token and in the training precision: the residual input and the two 
 attention's inputs and output (4 x hidden + 2 x key/value width; the CPU and flash kernels keep no T x T
 scores), and the MLP's four intermediate tensors (4 x intermediate). Under gradient checkpointing each layer
 keeps only its input, and one layer is recomputed at a time. LoRA's dropout keeps a copy (and a mask) of each
-adapted layer's input. The figure is the longest batch the sampler can draw (the batch of the `batch_size`
-longest sequences, or a full packed or padded batch), so a run's measured peak is at most the forecast.
+adapted layer's input. On CPU a fifth of the batch's memory is added for glibc's heap fragmentation (freed
+memory goes back to the system after each step: `heap_trimmer`). The figure is for the longest batch the
+sampler can draw (the `batch_size` longest sequences, or a full packed or padded batch).
 `scripts/check_memory_forecast.py` and tests/test_memory.py compare forecasts with measured peaks.
 """
 
@@ -23,7 +24,6 @@ MB = 2**20
 ADAM_STATES = 2  # AdamW keeps two moments per trainable parameter, in the parameter's dtype
 CHUNK_BYTES = 4 * 2**25  # the chunked loss's logits chunk (chunked_loss.CHUNK_ELEMENTS, fp32)
 WARN_SHARE = 0.9
-M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES = -3, 128 * 1024  # glibc's mallopt parameter, and its default value
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class TrainingShape:
     gradient_checkpointing: bool
     chunked_loss: bool
     runtime: int  # bytes of the process before the model: interpreter, libraries, tokenizer, data
-    foreach_optimizer: bool = False  # torch's AdamW default on CUDA
+    foreach_optimizer: bool = False  # on CUDA: torch's AdamW updates all tensors at once; no heap fragmentation
 
 
 def forecast_parts(shape: ModelShape, training: TrainingShape) -> dict[str, int]:
@@ -145,6 +145,10 @@ def forecast_parts(shape: ModelShape, training: TrainingShape) -> dict[str, int]
         # on CUDA AdamW updates all tensors at once (foreach), with a temporary of one value per trainable
         # parameter: the step's peak may pass backward's (activations and logits live, gradients filling in)
         "optimizer_step": max(0, gradients - activations - logits) if training.foreach_optimizer else 0,
+        # on CPU glibc's heap fragments within a step (freed activations not reusable for the next sizes): measured
+        # at 0-5% of the batch's memory for full fine-tuning and 20-30% with LoRA (scripts/check_memory_forecast.py);
+        # CUDA's caching allocator reuses blocks, and max_memory_allocated counts tensors only
+        "allocator": 0 if training.foreach_optimizer else (activations + logits) // 5,
     }
 
 
@@ -264,21 +268,22 @@ def device_memory_bytes(runtime: int) -> int | None:
         return None
 
 
-def return_freed_memory() -> bool:
-    """On Linux with glibc, have large tensors (128 KiB and up) always mapped on their own and returned to the
-    system when freed. glibc otherwise raises its mmap threshold after each large free, so the next step's
-    activations come from the heap, which is never given back: a CPU run's resident memory then grew step after
-    step (SmolLM2-135M with LoRA, 1,024 tokens a step: peak RSS 3.3, 4.4, 5.1 GB over three steps; with this, 3.3
-    GB each step). Returns whether the setting took."""
+def heap_trimmer():
+    """On Linux with glibc, a function that gives the heap's free pages back to the system (`malloc_trim`), called
+    after every optimizer step of a CPU run; None elsewhere. Without it, freed activations stay in glibc's heap,
+    which fragments, and a CPU run's resident memory grew step after step (SmolLM2-135M with LoRA, 1,024 tokens a
+    step: peak RSS 3.3, 4.5, 5.3 GB over three steps; trimmed: 4.4 GB on every step, at the same step time. A fixed
+    128 KiB mmap threshold held it at 3.3 GB but made steps 10-30% slower)."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
-        return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        trim = libc.malloc_trim if libc is not None else None
     except (OSError, AttributeError):  # not glibc (musl, macOS): their allocators behave otherwise
-        return False
+        return None
+    return (lambda: trim(0)) if trim is not None else None
 
 
 def resident_bytes() -> int:

@@ -21,7 +21,7 @@ from sft_cli.batching import BatchPlan, Collator, bins_dataset, plan_batches, se
 from sft_cli.callbacks import RunState, make_callbacks
 from sft_cli.errors import SftError
 from sft_cli.loading import load_model, load_tokenizer
-from sft_cli.memory import measured_peak, resident_bytes, return_freed_memory
+from sft_cli.memory import measured_peak, resident_bytes
 from sft_cli.mixing import Mix, prepare_mix
 from sft_cli.plan import Plan, make_plan
 from sft_cli.progress import Progress
@@ -272,8 +272,6 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
     recipe = loaded.recipe
     device, precision = pick_precision(recipe.training.precision)
     quantization_config = quantization(recipe)  # QLoRA without a GPU fails here, before any encoding
-    if no_gpu():
-        return_freed_memory()  # else a CPU run's resident memory grows step after step (memory.py)
     data = setup_data(recipe, distributed, no_cache, progress)
     model = setup_model(recipe, precision, data.tokenizer, quantization_config)
     plan = make_plan(

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import sft_cli.memory as memory
 from sft_cli.cli import app
 from sft_cli.loading import load_model, load_model_skeleton
-from sft_cli.memory import MB, forecast, longest_batch, model_shape, return_freed_memory
+from sft_cli.memory import MB, forecast, heap_trimmer, longest_batch, model_shape
 from sft_cli.recipe import load_recipe
 from sft_cli.train import train
 
@@ -102,5 +102,6 @@ def test_a_forecast_that_does_not_fit_names_the_cheapest_fixes(tmp_path, tiny_pa
     assert tight.as_dict()["forecast_mb"] == round(tight.total / MB)
 
 
-def test_large_tensors_are_given_back_to_the_system_when_freed():
-    assert return_freed_memory()  # glibc on Linux; without it a CPU run's resident memory grows every step
+def test_freed_memory_goes_back_to_the_system_after_each_step():
+    trim = heap_trimmer()  # glibc on Linux; without it a CPU run's resident memory grows every step
+    assert trim is not None and trim() in (0, 1)
