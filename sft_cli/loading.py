@@ -96,9 +96,14 @@ def load_model(model: ModelSection, dtype, quantization_config=None, vocab_size:
         plain.load_state_dict(loaded.state_dict())
         plain.generation_config = loaded.generation_config
         loaded = plain
-    if vocab_size and vocab_size > loaded.get_input_embeddings().weight.shape[0]:
-        loaded.resize_token_embeddings(vocab_size)
+    grow_embeddings(loaded, vocab_size)
     return loaded
+
+
+def grow_embeddings(model, vocab_size: int | None) -> None:
+    """Embedding rows for the tokens a tokenizer gained (the template's special tokens); never shrinks."""
+    if vocab_size and vocab_size > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(vocab_size)
 
 
 def load_model_skeleton(model: ModelSection, vocab_size: int | None = None):
@@ -114,8 +119,7 @@ def load_model_skeleton(model: ModelSection, vocab_size: int | None = None):
         raise _cannot_load("model config", name, exc) from None
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
-        if vocab_size and vocab_size > skeleton.get_input_embeddings().weight.shape[0]:
-            skeleton.resize_token_embeddings(vocab_size)
+        grow_embeddings(skeleton, vocab_size)
     return skeleton
 
 

@@ -14,6 +14,7 @@ sampler can draw (the `batch_size` longest sequences, or a full packed or padded
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ class MemoryForecast:
 
 def model_shape(model, lora_dropout: float = 0.0) -> ModelShape:
     """The shape of a loaded model (real or on the meta device), PEFT-wrapped or not."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = model.config.get_text_config()
     hidden = config.hidden_size
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
@@ -160,46 +161,53 @@ def forecast(
     import torch
 
     t = recipe.training
-    device_memory = device_memory_bytes(runtime)
     on_cuda = torch.cuda.is_available()
+    size = 4 if recipe_dtype(recipe) == "fp32" else 2
 
     def total(batch_size: int, checkpointing: bool, chunked: bool, model: ModelShape, max_length: int) -> tuple:
         fitting = [min(n, max_length) for n in lengths]
         tokens, _ = longest_batch(fitting, batch_size, layout, max_length)
-        size = 4 if recipe_dtype(recipe) == "fp32" else 2
         training = TrainingShape(size, tokens, trained_share, checkpointing, chunked, runtime, on_cuda)
         return forecast_parts(model, training), tokens
 
-    parts, tokens = total(t.batch_size, t.gradient_checkpointing, t.chunked_loss, shape, recipe.max_length)
-    result = MemoryForecast(parts, device_memory, tokens)
+    now = dict(
+        batch_size=t.batch_size,
+        checkpointing=t.gradient_checkpointing,
+        chunked=t.chunked_loss,
+        model=shape,
+        max_length=recipe.max_length,
+    )
+    parts, tokens = total(**now)
+    result = MemoryForecast(parts, device_memory_bytes(runtime), tokens)
     if result.too_big:
-        result.fixes = cheapest_fixes(recipe, shape, lengths, total)
+        result.fixes = [
+            (change, sum(total(**{**now, **fix})[0].values())) for change, fix in cheapest_fixes(recipe, shape, lengths)
+        ]
     return result
 
 
-def cheapest_fixes(recipe: Recipe, shape: ModelShape, lengths: list[int], total) -> list[tuple[str, int]]:
-    """Recipe changes that lower the peak, cheapest first (none costs quality except the last two), each with its
-    forecast."""
+def cheapest_fixes(recipe: Recipe, shape: ModelShape, lengths: list[int]) -> list[tuple[str, dict]]:
+    """Recipe changes that lower the peak, cheapest first (none costs quality except the last two): each as its
+    recipe text and the forecast's arguments it changes."""
     t = recipe.training
-    now = (t.batch_size, t.gradient_checkpointing, t.chunked_loss, shape, recipe.max_length)
     options = []
     if not t.chunked_loss:
-        options.append(("training.chunked_loss: true", (now[0], now[1], True, *now[3:])))
+        options.append(("training.chunked_loss: true", {"chunked": True}))
     if t.batch_size > 1:
         half = t.batch_size // 2
         change = f"training.batch_size: {half}, gradient_accumulation_steps: {t.gradient_accumulation_steps * 2}"
-        options.append((change, (half, *now[1:])))
+        options.append((change, {"batch_size": half}))
     if not t.gradient_checkpointing:
-        options.append(("training.gradient_checkpointing: true", (now[0], True, *now[2:])))
+        options.append(("training.gradient_checkpointing: true", {"checkpointing": True}))
     if not recipe.lora:
-        lora = ModelShape(**{**shape.__dict__, "trainable_parameters": lora_parameters(shape, 16)})
-        options.append(("lora: {r: 16}", (*now[:3], lora, now[4])))
+        lora = dataclasses.replace(shape, trainable_parameters=lora_parameters(shape, 16))
+        options.append(("lora: {r: 16}", {"model": lora}))
     ordered = sorted(lengths)
     if ordered:
         p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
         if p99 < ordered[-1]:
-            options.append((f"max_length: {p99} (99% of the examples fit)", (*now[:4], p99)))
-    return [(change, sum(total(*args)[0].values())) for change, args in options]
+            options.append((f"max_length: {p99} (99% of the examples fit)", {"max_length": p99}))
+    return options
 
 
 def lora_parameters(shape: ModelShape, rank: int) -> int:

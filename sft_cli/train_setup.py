@@ -163,24 +163,17 @@ def compile_decoder_layers(model) -> int:
     """torch.compile each decoder layer in place, with dynamic shapes: padding-free batches change their token
     count every step, and one graph per layer kind serves them all (the per-sequence attention's Python loop stays
     eager between graphs). In place, so state-dict names, checkpoints and the saved model are unchanged. Whole-model
-    compilation (TRL's `torch_compile`) was slower on CPU (scripts/bench_compile.py). Returns the layers compiled."""
+    compilation (TRL's `torch_compile`) was slower on CPU in a steady-state probe. Returns the layers compiled."""
     import torch
-
-    layers = next(
-        (m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == decoder_depth(model)), []
-    )
     import torch._dynamo
 
+    depth = model.config.get_text_config().num_hidden_layers
+    layers = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth), [])
     torch._dynamo.reset()  # a run counts its own graphs (compile_counts)
     torch._dynamo.utils.counters.clear()
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
-
-
-def decoder_depth(model) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return config.num_hidden_layers
 
 
 def compile_counts() -> dict:
