@@ -27,16 +27,21 @@ class RunState:
 
 
 def make_callbacks(
-    recipe: Recipe, run_dir: Path, progress: Progress, is_main: bool, state: RunState, trackers: Trackers | None
+    recipe: Recipe,
+    run_dir: Path,
+    progress: Progress,
+    is_main: bool,
+    state: RunState,
+    trackers: Trackers | None,
+    forecast_bytes: int,
 ):
     """The run's callbacks: the monitor below, and early stopping when the recipe asks for it. `trackers`: the
-    main process's experiment trackers, started by the run before the first step."""
+    main process's experiment trackers, started by the run before the first step; `forecast_bytes`: the memory
+    forecast's peak, above which a CPU run gives freed memory back to the system."""
     from transformers import EarlyStoppingCallback, TrainerCallback
 
-    from sft_cli.memory import heap_trimmer
+    from sft_cli.memory import CpuHeap
     from sft_cli.train_setup import no_gpu
-
-    trim = heap_trimmer() if no_gpu() else None  # freed activations back to the system after each step (memory.py)
 
     class Monitor(TrainerCallback):
         """Writes metrics.jsonl, feeds the trackers, drives the progress view, and turns Ctrl-C into
@@ -45,9 +50,11 @@ def make_callbacks(
         def __init__(self):
             self.start_time = time.perf_counter()
             self.previous: signal.Handlers | None = None
+            self.heap: CpuHeap | None = None
 
         def on_train_begin(self, args, st, control, **kwargs):
             self.start_time = time.perf_counter()
+            self.heap = CpuHeap.start(forecast_bytes) if no_gpu() else None  # memory.py
             self.start_tokens = st.num_input_tokens_seen
             self.previous = signal.signal(signal.SIGINT, self._interrupt)
             if is_main:
@@ -61,8 +68,8 @@ def make_callbacks(
                 progress.note("interrupt: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
 
         def on_step_end(self, args, st, control, **kwargs):
-            if trim is not None:
-                trim()
+            if self.heap is not None:
+                self.heap.after_step()
             if state.stop_at_step == st.global_step:
                 os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during this step
             if state.interrupted:
@@ -89,6 +96,8 @@ def make_callbacks(
         def on_train_end(self, args, st, control, **kwargs):
             if self.previous is not None:
                 signal.signal(signal.SIGINT, self.previous)
+            if self.heap is not None:
+                self.heap.stop()
             state.train_seconds = time.perf_counter() - self.start_time
             state.tokens_seen = st.num_input_tokens_seen - self.start_tokens
             if is_main:

@@ -60,8 +60,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels):
-        grad_hidden = torch.zeros_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = None  # vocabulary x width: the first chunk's product, then each next one added in place
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
@@ -74,21 +74,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits.sub_(lse[:, None]).exp_()  # the softmax, in place: d(sum of losses)/d(logits) once y is subtracted
             logits[torch.arange(len(y), device=y.device), y] -= 1
             grad_hidden[start : start + rows] = (logits.to(weight.dtype) @ weight).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight += logits.T @ h.float()
+            if weight.requires_grad:
+                h32 = h.float()
+                grad_weight = logits.T @ h32 if grad_weight is None else grad_weight.addmm_(logits.T, h32)
             del logits
+        if weight.requires_grad and grad_weight is None:  # no trained token in the batch
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         ctx.save_for_backward(grad_hidden, grad_weight if grad_weight is not None else torch.empty(0))
         ctx.weight_dtype = weight.dtype
         ctx.has_weight_grad = grad_weight is not None
+        ctx.backward_done = False
         ctx.mark_non_differentiable(correct)
         return total, correct
 
     @staticmethod
     def backward(ctx, grad_total, _grad_correct):
+        if ctx.backward_done:  # the stored gradients are scaled in place below: a second backward would be wrong
+            raise RuntimeError("the chunked loss supports one backward pass per forward (no retain_graph)")
+        ctx.backward_done = True
         grad_hidden, grad_weight = ctx.saved_tensors
-        scale = grad_total.to(grad_hidden.dtype)
-        weight = (grad_weight * grad_total).to(ctx.weight_dtype) if ctx.has_weight_grad else None
-        return grad_hidden * scale, weight, None
+        # in place: a fresh vocabulary x width tensor every step costs a fill and its page faults on CPU
+        weight = grad_weight.mul_(grad_total).to(ctx.weight_dtype) if ctx.has_weight_grad else None
+        return grad_hidden.mul_(grad_total.to(grad_hidden.dtype)), weight, None
 
 
 def chunked_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, num_items_in_batch=None):

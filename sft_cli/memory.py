@@ -7,8 +7,8 @@ attention's inputs and output (4 x hidden + 2 x key/value width; the CPU and fla
 scores), and the MLP's four intermediate tensors (4 x intermediate). Under gradient checkpointing each layer
 keeps only its input, and one layer is recomputed at a time. LoRA's dropout keeps a copy (and a mask) of each
 adapted layer's input. On CPU a fifth of the batch's memory is added for glibc's heap fragmentation (freed
-memory goes back to the system after each step: `heap_trimmer`). The figure is for the longest batch the
-sampler can draw (the `batch_size` longest sequences, or a full packed or padded batch).
+memory is kept in the heap for the next step, and given back above the forecast: `CpuHeap`). The figure is for
+the longest batch the sampler can draw (the `batch_size` longest sequences, or a full packed or padded batch).
 `scripts/check_memory_forecast.py` and tests/test_memory.py compare forecasts with measured peaks.
 """
 
@@ -276,22 +276,54 @@ def device_memory_bytes(runtime: int) -> int | None:
         return None
 
 
-def heap_trimmer():
-    """On Linux with glibc, a function that gives the heap's free pages back to the system (`malloc_trim`), called
-    after every optimizer step of a CPU run; None elsewhere. Without it, freed activations stay in glibc's heap,
-    which fragments, and a CPU run's resident memory grew step after step (SmolLM2-135M with LoRA, 1,024 tokens a
-    step: peak RSS 3.3, 4.5, 5.3 GB over three steps; trimmed: 4.4 GB on every step, at the same step time. A fixed
-    128 KiB mmap threshold held it at 3.3 GB but made steps 10-30% slower)."""
-    import ctypes
-    import ctypes.util
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+INT_MAX = 2**31 - 1  # mallopt takes a C int
 
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = libc.malloc_trim if libc is not None else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS): their allocators behave otherwise
-        return None
-    return (lambda: trim(0)) if trim is not None else None
+
+class CpuHeap:
+    """How a CPU run on glibc allocates: freed memory stays in the heap for the next step, and goes back to the
+    system only when the process passes its forecast peak.
+
+    glibc's defaults serve large tensors with fresh mmap'd pages and unmap them when freed, so every step faults in
+    its activations, logits and gradients again (bundled task rows: 335,000 page faults a step, more system time
+    than compute). Served from the heap and kept there, a step reuses the last step's pages: 5-6x fewer faults at
+    the same peak RSS (with the chunked loss's in-place head gradient, 144 vs 105-115 tokens/s on those rows:
+    scripts/bench_train.py). The heap can fragment as batch shapes change (SmolLM2-135M with LoRA, 1,024 tokens a
+    step: peak RSS 3.3, 4.5, 5.3 GB over three steps without trimming), so after each optimizer step the free
+    pages go back to the system (`malloc_trim`) whenever the process holds more than the forecast peak: growth
+    stops at the forecast."""
+
+    def __init__(self, libc, limit_bytes: int):
+        self.libc, self.limit, self.trims = libc, limit_bytes, 0
+
+    @classmethod
+    def start(cls, limit_bytes: int) -> CpuHeap | None:
+        """Keep freed memory in the heap from now on (Linux with glibc; None elsewhere: other allocators differ)."""
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name) if name else None
+            kept = (
+                libc is not None and libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, INT_MAX)
+            )
+        except (OSError, AttributeError):  # not glibc (musl, macOS)
+            return None
+        return cls(libc, limit_bytes) if kept else None
+
+    def after_step(self) -> None:
+        if resident_bytes() > self.limit:
+            self.libc.malloc_trim(0)
+            self.trims += 1
+
+    def stop(self) -> None:
+        """Back to glibc's default thresholds (as fixed values: glibc cannot resume adjusting them itself), and the
+        held memory back to the system (the process lives on after training: saving, evaluation, tests)."""
+        self.libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+        self.libc.mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+        self.libc.malloc_trim(0)
 
 
 def resident_bytes() -> int:

@@ -21,7 +21,7 @@ from sft_cli.batching import BatchPlan, Collator, bins_dataset, plan_batches, se
 from sft_cli.callbacks import RunState, make_callbacks
 from sft_cli.errors import SftError
 from sft_cli.loading import load_model, load_tokenizer
-from sft_cli.memory import measured_peak, resident_bytes
+from sft_cli.memory import MB, measured_peak, resident_bytes
 from sft_cli.mixing import Mix, prepare_mix
 from sft_cli.plan import Plan, make_plan
 from sft_cli.progress import Progress
@@ -212,7 +212,7 @@ def setup_model(recipe: Recipe, precision: str, tokenizer, quantization_config) 
 def setup_trainer(
     recipe: Recipe,
     run_folder: RunFolder,
-    precision: str,
+    plan: Plan,
     data: TrainingData,
     model: TrainingModel,
     state: RunState,
@@ -230,12 +230,14 @@ def setup_trainer(
         model=model.model,
         fused_loss=not no_gpu(),
         chunked_loss=recipe.training.chunked_loss,
-        args=sft_config(recipe, run_folder.path, precision, data.eval_rows is not None, padding_free),
+        args=sft_config(recipe, run_folder.path, plan.precision, data.eval_rows is not None, padding_free),
         train_dataset=bins_dataset(data.bins) if data.bins is not None else data.train_rows,
         eval_dataset=data.eval_rows,
         processing_class=data.tokenizer,
         data_collator=Collator(data.tokenizer.pad_token_id, padding_free=padding_free, source=data.train_rows),
-        callbacks=make_callbacks(recipe, run_folder.path, progress, trackers is not None, state, trackers),
+        callbacks=make_callbacks(
+            recipe, run_folder.path, progress, trackers is not None, state, trackers, plan.memory["forecast_mb"] * MB
+        ),
     )
     trainer.remove_callback(PrinterCallback)  # our progress view replaces the raw log dicts
     return trainer
@@ -311,9 +313,7 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
             recipe.training.tracker_project or loaded.name,
             checkpoint_step(run_folder.resume_from),
         )
-    session.trainer = setup_trainer(
-        recipe, run_folder, precision, data, model, session.state, progress, session.trackers
-    )
+    session.trainer = setup_trainer(recipe, run_folder, plan, data, model, session.state, progress, session.trackers)
     session.collator = session.trainer.data_collator
     return session
 

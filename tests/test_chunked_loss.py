@@ -68,6 +68,22 @@ def test_loss_and_gradients_equal_transformers_loss(tiny_path, monkeypatch, froz
     assert model.lm_head(hidden[0, :1]).shape[-1] == model.config.vocab_size  # the head is itself again
 
 
+def test_a_batch_with_no_trained_token_gives_zero_gradients_and_a_second_backward_is_refused(tiny_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
+    head = head_of(model)
+    ids, labels, positions = padding_free_batch(model.config.vocab_size)
+    with hidden_states_out(head):
+        hidden = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+    loss, trained, _ = chunked_loss(hidden, head, torch.full_like(labels, IGNORE))
+    loss.backward(retain_graph=True)
+    assert trained == 0 and loss.item() == 0.0
+    assert head.weight.grad is not None and not head.weight.grad.any()
+    # backward scales the stored gradients in place (no fresh vocabulary x width tensor each step): a second
+    # backward through the same graph would scale them twice, so it fails instead of returning wrong gradients
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()
+
+
 def test_models_whose_logits_are_more_than_the_heads_product_keep_their_loss(tiny_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     assert head_of(model) is not None

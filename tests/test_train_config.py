@@ -66,7 +66,7 @@ def test_every_training_field_reaches_sft_config(tmp_path, tiny_path):
     assert config.report_to in ([], ["none"]), "transformers' tracker callbacks would log everything twice"
     early = [
         c
-        for c in make_callbacks(recipe, tmp_path, Progress(), True, RunState(), None)
+        for c in make_callbacks(recipe, tmp_path, Progress(), True, RunState(), None, 2**30)
         if hasattr(c, "early_stopping_patience")
     ]
     assert early[0].early_stopping_patience == 2
