@@ -3,9 +3,10 @@
 Rows are in the seed's instruction/input/output format plus a `task` field (for per-family metrics), some with
 `input` and some without. The eval file holds new instances: no (instruction, input) pair of it is in train.
 
-The bundled files: `--train 480 --eval 120 --more 360` (the first 480 train rows and the eval rows are those of
-the original 480/120 split; 360 more new instances, none in eval, follow them in train.jsonl).
-Usage: python scripts/make_dataset.py [--train 480] [--eval 120] [--more 360] [--out data/tasks]
+The bundled files: `--train 480 --eval 120 --more 360 --valid 90` (the first 480 train rows and the eval rows are
+those of the original 480/120 split; 360 more new instances, none in eval, follow them in train.jsonl; then 90
+validation rows, in neither, for early stopping and checkpoint selection, so that eval.jsonl is never selected on).
+Usage: python scripts/make_dataset.py [--train 480] [--eval 120] [--more 360] [--valid 90] [--out data/tasks]
 """
 
 from __future__ import annotations
@@ -107,16 +108,20 @@ TASKS = {
 
 
 def generate(n: int, rng: random.Random, exclude: set) -> list[dict]:
+    """`n` new rows, the families in turn; a family with no new instance left drops out of the turn."""
     rows, seen = [], set(exclude)
     names = list(TASKS)
     while len(rows) < n:
+        if not names:
+            raise SystemExit(f"the task families have too few distinct instances for {n} rows")
         task = names[len(rows) % len(names)]
         for _ in range(10_000):
             instruction, input_text, output = TASKS[task](rng)
             if (instruction, input_text) not in seen:
                 break
         else:
-            raise SystemExit(f"task {task} has too few distinct instances for {n} rows")
+            names.remove(task)
+            continue
         seen.add((instruction, input_text))
         rows.append({"instruction": instruction, "input": input_text, "output": output, "task": task})
     return rows
@@ -127,6 +132,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=480)
     parser.add_argument("--eval", type=int, default=120)
     parser.add_argument("--more", type=int, default=360, help="train rows drawn after the eval rows")
+    parser.add_argument("--valid", type=int, default=90, help="validation rows, drawn last, in neither file")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "tasks")
     args = parser.parse_args()
@@ -134,8 +140,9 @@ def main() -> None:
     train = generate(args.train, rng, set())
     evaluation = generate(args.eval, rng, {(r["instruction"], r["input"]) for r in train})
     train += generate(args.more, rng, {(r["instruction"], r["input"]) for r in train + evaluation})
+    validation = generate(args.valid, rng, {(r["instruction"], r["input"]) for r in train + evaluation})
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train), ("eval", evaluation)):
+    for name, rows in (("train", train), ("eval", evaluation), ("valid", validation)):
         path = args.out / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         print(f"wrote {len(rows)} rows to {path}")

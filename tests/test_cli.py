@@ -136,3 +136,21 @@ def test_example_configs_validate_and_preview(config, smollm2_path):
     result = runner.invoke(app, ["preview", str(config), "--json", "--limit", "1"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["stats"]["examples"] > 0
+
+
+def test_the_quickstart_selects_on_rows_it_neither_trains_on_nor_reports():
+    """Early stopping and the kept checkpoint use data/tasks/valid.jsonl; the README's figures are scored on
+    data/tasks/eval.jsonl, which must share no row with it or with the training rows."""
+    from sft_cli.recipe import load_recipe
+
+    root = Path(__file__).parent.parent
+    recipe = load_recipe(root / "configs" / "quickstart.yaml").recipe
+    scored = root / "data" / "tasks" / "eval.jsonl"
+
+    def pairs(path) -> set:
+        return {(r["instruction"], r["input"]) for r in map(json.loads, Path(path).read_text().splitlines())}
+
+    assert Path(recipe.data.eval_path).resolve() != scored.resolve()
+    selected, trained = pairs(recipe.data.eval_path), pairs(recipe.data.path)
+    assert len(selected) == 90 and len(pairs(scored)) == 120
+    assert not selected & pairs(scored) and not selected & trained and not pairs(scored) & trained
