@@ -8,7 +8,8 @@ process (clean peak memory):
                time is inside the measured time, as a user pays it)
   trl-default  a plain TRL SFTTrainer script with TRL's defaults (bf16, gradient checkpointing, padded batches)
   trl-tuned    the same script tuned by hand: fp32 on CPU, no gradient checkpointing, TRL's padding_free
-  raw          a bare PyTorch loop (AdamW, no Trainer) over sft's own batches: the upper bound
+  raw          a bare PyTorch loop (AdamW, no Trainer) over sft's own batches and attention, glibc's default
+               allocation (as a plain script has it; sft keeps the CPU heap between steps: memory.CpuHeap)
 
 Every run counts, in a forward hook on the model, the real (non-padding) tokens, the trained tokens and the
 attention work of each training forward, so the figures mean the same for all. FLOPs = 6 x matmul parameters
@@ -182,7 +183,7 @@ def run_trl(data, model_name, steps, batch, out, counter, tuned: bool) -> tuple:
 
 
 def run_raw(data, model_name, steps, batch, out, counter) -> tuple:
-    """The upper bound: sft's batches and attention, a bare AdamW loop, nothing else."""
+    """sft's batches and attention in a bare AdamW loop, nothing else (no Trainer, no callbacks, no heap policy)."""
     import torch
 
     from sft_cli.attention import use_sequence_attention
