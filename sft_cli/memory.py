@@ -147,7 +147,8 @@ def forecast_parts(shape: ModelShape, training: TrainingShape) -> dict[str, int]
         # parameter: the step's peak may pass backward's (activations and logits live, gradients filling in)
         "optimizer_step": max(0, gradients - activations - logits) if training.foreach_optimizer else 0,
         # on CPU glibc's heap fragments within a step (freed activations not reusable for the next sizes): measured
-        # at 0-5% of the batch's memory for full fine-tuning and 20-30% with LoRA (scripts/check_memory_forecast.py);
+        # at 0-5% of the batch's memory for full fine-tuning and 20-30% with LoRA (scripts/check_memory_forecast.py,
+        # with the heap trimmed after every step; kept between steps as CpuHeap does, LoRA is forecast 0.82-0.84)
         # CUDA's caching allocator reuses blocks, and max_memory_allocated counts tensors only
         "allocator": 0 if training.foreach_optimizer else (activations + logits) // 5,
     }
