@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,8 @@ class RunState:
     train_seconds: float = 0.0
     tokens_seen: int = 0
     last_eval: dict = field(default_factory=dict)  # the last evaluation's losses (overall and per source)
+    # undoes what training set in this process (Ctrl-C handler, CPU heap policy); also after an exception
+    restore_process: Callable[[], None] = lambda: None
 
 
 def make_callbacks(
@@ -57,6 +60,7 @@ def make_callbacks(
             self.heap = CpuHeap.start(forecast_bytes) if no_gpu() else None  # memory.py
             self.start_tokens = st.num_input_tokens_seen
             self.previous = signal.signal(signal.SIGINT, self._interrupt)
+            state.restore_process = self.restore_process
             if is_main:
                 progress.start("train", st.max_steps)
 
@@ -93,11 +97,16 @@ def make_callbacks(
                 trackers.log(record)
             progress.update(st.global_step, record)
 
-        def on_train_end(self, args, st, control, **kwargs):
+        def restore_process(self):
+            """The Ctrl-C handler and glibc's thresholds as they were before training (once)."""
             if self.previous is not None:
                 signal.signal(signal.SIGINT, self.previous)
             if self.heap is not None:
                 self.heap.stop()
+            self.previous = self.heap = None
+
+        def on_train_end(self, args, st, control, **kwargs):
+            self.restore_process()
             state.train_seconds = time.perf_counter() - self.start_time
             state.tokens_seen = st.num_input_tokens_seen - self.start_tokens
             if is_main:

@@ -354,7 +354,10 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
         session.trackers.start(loaded.recipe.model_dump(mode="json"), plan.as_dict())
     distributed_state().wait_for_everyone()
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=plan.resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=plan.resume_from)
+    finally:  # a run ending in an exception skips on_train_end
+        session.state.restore_process()
     wall = time.perf_counter() - started
     rows_by_rank = gathered(session.collator.first_rows or [])
     prepared_by_rank = gathered({split: "cache" if p["cached"] else "encoded" for split, p in plan.prepared.items()})

@@ -353,6 +353,32 @@ def test_a_full_disk_while_saving_is_one_error_and_the_run_stays_resumable(tmp_p
         subprocess.run(["umount", "--lazy", str(small)])  # lazily: an open handle must not keep it mounted
 
 
+def test_a_run_that_fails_mid_training_leaves_the_process_as_it_was(tmp_path, tiny_path, monkeypatch):
+    """The Ctrl-C handler and the CPU heap policy hold during training only: a step that raises leaves neither
+    behind (the process lives on in notebooks and tests)."""
+    import torch
+
+    from sft_cli.memory import CpuHeap
+    from sft_cli.recipe import load_recipe
+    from sft_cli.train import train
+    from sft_cli.trainer import SftTrainer
+
+    stops, stop, step = [], CpuHeap.stop, SftTrainer.training_step
+    monkeypatch.setattr(CpuHeap, "stop", lambda heap: (stops.append(heap), stop(heap)))
+
+    def failing_step(trainer, *args, **kwargs):
+        if trainer.state.global_step == 2:
+            raise RuntimeError("a fault in step 3")
+        return step(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(SftTrainer, "training_step", failing_step)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(RuntimeError, match="a fault in step 3"):
+        train(load_recipe(train_recipe(tmp_path, tiny_path, 6)))
+    assert signal.getsignal(signal.SIGINT) is before
+    assert len(stops) == (0 if torch.cuda.is_available() else 1)
+
+
 def test_two_prepares_of_one_cache_entry_at_once(tmp_path, tiny_path):
     path = recipe_at(tmp_path, tiny_path, ALPACA_ROWS * 500, data={"path": "train.jsonl", "cache_dir": "cache"})
     both = [subprocess.Popen([*SFT, "prepare", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
