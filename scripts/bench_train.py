@@ -15,6 +15,9 @@ Every run counts, in a forward hook on the model, the real (non-padding) tokens,
 attention work of each training forward, so the figures mean the same for all. FLOPs = 6 x matmul parameters
 (all but the input embedding) x real tokens + 6 x layers x hidden x sum of squared sequence lengths (causal
 attention, forward and backward); "% peak" is against this machine's measured fp32 matmul rate (GPU: bf16).
+Time is the span from the first optimizer step's start to the last one's end in every run (the first, slower
+step included); "train() s" beside it is the whole training call, which also holds each Trainer's own start and
+end: sft's ends with a resumable checkpoint (model and optimizer state), the TRL script saves nothing.
 
 Data: `tasks` (the bundled data/tasks/train.jsonl) or `mixed` (generated alpaca rows, answers long-tailed from
 about 5 to 400 tokens), max_length 1024.
@@ -121,6 +124,28 @@ def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path, traini
     return path
 
 
+def timed_train(trainer) -> tuple[float, float]:
+    """(seconds from the first step's start to the last step's end, seconds of the whole `train()` call). The
+    steps are what the tools are compared on: the call also holds each Trainer's own start and end (sft's run saves
+    a resumable checkpoint at its end, about 5 s for SmolLM2 with its optimizer state; the TRL script saves none)."""
+    from transformers import TrainerCallback
+
+    marks = []
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if not marks:
+                marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            marks[1:] = [time.perf_counter()]
+
+    trainer.add_callback(StepClock())
+    start = time.perf_counter()
+    trainer.train()
+    return marks[1] - marks[0], time.perf_counter() - start
+
+
 def run_sft(data, model, steps, batch, out, counter, training: dict) -> tuple:
     from sft_cli.recipe import load_recipe
     from sft_cli.train import prepare
@@ -137,9 +162,7 @@ def run_sft(data, model, steps, batch, out, counter, training: dict) -> tuple:
 
     counter.count_labels_here = True
     trainer.compute_loss = counted
-    start = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - start, trainer.model, session.plan.precision
+    return timed_train(trainer), trainer.model, session.plan.precision
 
 
 def run_trl(data, model_name, steps, batch, out, counter, tuned: bool) -> tuple:
@@ -177,9 +200,7 @@ def run_trl(data, model_name, steps, batch, out, counter, tuned: bool) -> tuple:
     model = AutoModelForCausalLM.from_pretrained(model_name, dtype=torch.bfloat16 if args.bf16 else torch.float32)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
-    start = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - start, trainer.model, "bf16" if args.bf16 else "fp32"
+    return timed_train(trainer), trainer.model, "bf16" if args.bf16 else "fp32"
 
 
 def run_raw(data, model_name, steps, batch, out, counter) -> tuple:
@@ -216,7 +237,8 @@ def run_raw(data, model_name, steps, batch, out, counter) -> tuple:
         optimizer.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, model, "bf16" if dtype == torch.bfloat16 else "fp32"
+    seconds = time.perf_counter() - start
+    return (seconds, seconds), model, "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def peak_memory_mb() -> float:
@@ -256,11 +278,13 @@ def worker(kind: str, data: Path, model: str, steps: int, batch: int) -> None:
     counter = Counter()
     with tempfile.TemporaryDirectory() as tmp:
         if kind in SFT_RUNS:
-            seconds, trained_model, precision = run_sft(data, model, steps, batch, Path(tmp), counter, SFT_RUNS[kind])
+            (seconds, call_seconds), trained_model, precision = run_sft(
+                data, model, steps, batch, Path(tmp), counter, SFT_RUNS[kind]
+            )
         elif kind == "raw":
-            seconds, trained_model, precision = run_raw(data, model, steps, batch, Path(tmp), counter)
+            (seconds, call_seconds), trained_model, precision = run_raw(data, model, steps, batch, Path(tmp), counter)
         else:
-            seconds, trained_model, precision = run_trl(
+            (seconds, call_seconds), trained_model, precision = run_trl(
                 data, model, steps, batch, Path(tmp), counter, tuned=kind == "trl-tuned"
             )
     print(
@@ -269,6 +293,7 @@ def worker(kind: str, data: Path, model: str, steps: int, batch: int) -> None:
             {
                 "precision": precision,
                 "seconds": seconds,
+                "call_seconds": call_seconds,
                 "tokens": counter.tokens,
                 "trained": counter.trained,
                 "flops": train_flops(trained_model, counter),
@@ -323,14 +348,15 @@ def main() -> None:
     )
     print(
         f"{'run':12s} {'prec':5s} {'tokens/s':>9s} {'trained/s':>9s} {'tokens':>7s} {'% peak':>7s} "
-        f"{'peak MB':>8s}  sft vs this"
+        f"{'peak MB':>8s} {'train() s':>9s}  sft vs this"
     )
     base = results["sft"]["tokens"] / results["sft"]["seconds"]
     for kind, r in results.items():
         rate = r["tokens"] / r["seconds"]
         print(
             f"{kind:12s} {r['precision']:5s} {rate:9.1f} {r['trained'] / r['seconds']:9.1f} {r['tokens']:7d} "
-            f"{100 * r['flops'] / r['seconds'] / peak:6.1f}% {r['peak_mb']:8.0f}  {base / rate:.2f}x"
+            f"{100 * r['flops'] / r['seconds'] / peak:6.1f}% {r['peak_mb']:8.0f} {r['call_seconds']:9.1f}  "
+            f"{base / rate:.2f}x"
         )
 
 
