@@ -307,12 +307,13 @@ class CpuHeap:
         name = ctypes.util.find_library("c")
         try:
             libc = ctypes.CDLL(name) if name else None
-            kept = (
-                libc is not None and libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, INT_MAX)
-            )
+            heap = cls(libc, limit_bytes) if libc is not None and libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) else None
         except (OSError, AttributeError):  # not glibc (musl, macOS)
             return None
-        return cls(libc, limit_bytes) if kept else None
+        if heap is not None and not libc.mallopt(M_TRIM_THRESHOLD, INT_MAX):
+            heap.stop()  # half a policy is none: the mmap threshold goes back too
+            return None
+        return heap
 
     def after_step(self) -> None:
         if resident_bytes() > self.limit:
