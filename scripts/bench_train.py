@@ -17,7 +17,11 @@ attention work of each training forward, so the figures mean the same for all. F
 attention, forward and backward); "% peak" is against this machine's measured fp32 matmul rate (GPU: bf16).
 Time is the span from the first optimizer step's start to the last one's end in every run (the first, slower
 step included); "train() s" beside it is the whole training call, which also holds each Trainer's own start and
-end: sft's ends with a resumable checkpoint (model and optimizer state), the TRL script saves nothing.
+end: sft's ends with a resumable checkpoint (model and optimizer state), the TRL script saves nothing. "1st step s"
+is the first step alone and "its update s" the weight update within it (where AdamW allocates its state, two fp32
+copies of the trainable weights, first touched); "later % peak" is the rate over the steps after it, what a long
+run approaches; "update ms" is the mean weight update of those steps (gradient clipping and the optimizer step:
+memory-bound passes over all trainable weights, the same cost however few tokens a step holds).
 
 Data: `tasks` (the bundled data/tasks/train.jsonl) or `mixed` (generated alpaca rows, answers long-tailed from
 about 5 to 400 tokens), max_length 1024.
@@ -36,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prepare import TASKS, words  # noqa: E402  (the same long-tailed row generator)
@@ -70,6 +75,7 @@ class Counter:
 
     def __init__(self):
         self.tokens = self.trained = self.squares = 0
+        self.first: tuple[int, int] | None = None  # (tokens, squares) of the first training forward
         self.count_labels_here = False  # sft's runs count trained tokens in compute_loss instead
 
     def __call__(self, module, args, kwargs):
@@ -85,6 +91,7 @@ class Counter:
             lengths = kwargs["attention_mask"].sum(1).tolist()
         self.tokens += sum(lengths)
         self.squares += sum(n * n for n in lengths)
+        self.first = self.first or (self.tokens, self.squares)
         if labels is not None and not self.count_labels_here:
             self.trained += int((labels[..., 1:] != -100).sum())
 
@@ -96,10 +103,10 @@ def matmul_parameters(model) -> int:
     return total - embedding.numel() + (embedding.numel() if tied else 0)
 
 
-def train_flops(model, counter: Counter) -> float:
+def train_flops(model, tokens: int, squares: int) -> float:
     config = model.config.get_text_config()
     hidden = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
-    return 6 * matmul_parameters(model) * counter.tokens + 6 * config.num_hidden_layers * hidden * counter.squares
+    return 6 * matmul_parameters(model) * tokens + 6 * config.num_hidden_layers * hidden * squares
 
 
 def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path, training: dict) -> Path:
@@ -124,26 +131,52 @@ def sft_recipe(data: Path, model: str, steps: int, batch: int, out: Path, traini
     return path
 
 
-def timed_train(trainer) -> tuple[float, float]:
-    """(seconds from the first step's start to the last step's end, seconds of the whole `train()` call). The
-    steps are what the tools are compared on: the call also holds each Trainer's own start and end (sft's run saves
-    a resumable checkpoint at its end, about 5 s for SmolLM2 with its optimizer state; the TRL script saves none)."""
+class Times(NamedTuple):
+    steps: float  # from the first step's start to the last step's end
+    call: float  # the whole training call
+    first: float  # the first step alone
+    first_update: float  # its weight update (AdamW's state is allocated there)
+    update: float  # mean weight update (gradient clipping and the optimizer step) of the steps after the first
+
+
+def times_of(marks: list[float], updates: list[float], call: float) -> Times:
+    """From the step boundaries (the first step's start, then each step's end) and each step's update time."""
+    later = updates[1:] or updates
+    return Times(marks[-1] - marks[0], call, marks[1] - marks[0], updates[0], sum(later) / len(later))
+
+
+def timed_train(trainer) -> Times:
+    """Runs `trainer.train()`. The steps are what the tools are compared on: the call also holds each Trainer's own
+    start and end (sft's run saves a resumable checkpoint at its end, about 5 s for SmolLM2 with its optimizer state;
+    the TRL script saves none)."""
     from transformers import TrainerCallback
 
-    marks = []
+    marks, updates, update_start = [], [], []
+    clip = trainer._clip_grad_norm  # the Trainer clips just before the optimizer step; no callback marks it
+
+    def timed_clip(model):
+        update_start[:] = [time.perf_counter()]
+        return clip(model)
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             if not marks:
                 marks.append(time.perf_counter())
 
-        def on_step_end(self, args, state, control, **kwargs):
-            marks[1:] = [time.perf_counter()]
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            update_start[:] = update_start or [time.perf_counter()]  # when max_grad_norm is 0 nothing clips
 
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            updates.append(time.perf_counter() - update_start.pop())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+    trainer._clip_grad_norm = timed_clip
     trainer.add_callback(StepClock())
     start = time.perf_counter()
     trainer.train()
-    return marks[1] - marks[0], time.perf_counter() - start
+    return times_of(marks, updates, time.perf_counter() - start)
 
 
 def run_sft(data, model, steps, batch, out, counter, training: dict) -> tuple:
@@ -226,19 +259,21 @@ def run_raw(data, model_name, steps, batch, out, counter) -> tuple:
     collate = Collator(tokenizer.pad_token_id, padding_free=True)
     order = list(range(len(dataset)))
     random.Random(0).shuffle(order)
-    start = time.perf_counter()
+    marks, updates = [time.perf_counter()], []
     for step in range(steps):
         batch_rows = dataset.select(order[step * batch : (step + 1) * batch])
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(list(batch_rows)).items()}
         loss = model(**inputs, use_cache=False).loss
         loss.backward()
+        update_start = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return (seconds, seconds), model, "bf16" if dtype == torch.bfloat16 else "fp32"
+        if device == "cuda":
+            torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+        updates.append(marks[-1] - update_start)
+    return times_of(marks, updates, marks[-1] - marks[0]), model, "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def peak_memory_mb() -> float:
@@ -278,13 +313,11 @@ def worker(kind: str, data: Path, model: str, steps: int, batch: int) -> None:
     counter = Counter()
     with tempfile.TemporaryDirectory() as tmp:
         if kind in SFT_RUNS:
-            (seconds, call_seconds), trained_model, precision = run_sft(
-                data, model, steps, batch, Path(tmp), counter, SFT_RUNS[kind]
-            )
+            times, trained_model, precision = run_sft(data, model, steps, batch, Path(tmp), counter, SFT_RUNS[kind])
         elif kind == "raw":
-            (seconds, call_seconds), trained_model, precision = run_raw(data, model, steps, batch, Path(tmp), counter)
+            times, trained_model, precision = run_raw(data, model, steps, batch, Path(tmp), counter)
         else:
-            (seconds, call_seconds), trained_model, precision = run_trl(
+            times, trained_model, precision = run_trl(
                 data, model, steps, batch, Path(tmp), counter, tuned=kind == "trl-tuned"
             )
     print(
@@ -292,11 +325,15 @@ def worker(kind: str, data: Path, model: str, steps: int, batch: int) -> None:
         + json.dumps(
             {
                 "precision": precision,
-                "seconds": seconds,
-                "call_seconds": call_seconds,
+                "seconds": times.steps,
+                "call_seconds": times.call,
+                "update_seconds": times.update,
                 "tokens": counter.tokens,
                 "trained": counter.trained,
-                "flops": train_flops(trained_model, counter),
+                "flops": train_flops(trained_model, counter.tokens, counter.squares),
+                "first_seconds": times.first,
+                "first_update_seconds": times.first_update,
+                "first_flops": train_flops(trained_model, *counter.first),
                 "peak_mb": peak_memory_mb(),
             }
         )
@@ -347,16 +384,20 @@ def main() -> None:
         f"max_length {MAX_LENGTH}; matmul peak {peak / 1e9:.0f} GFLOP/s"
     )
     print(
-        f"{'run':12s} {'prec':5s} {'tokens/s':>9s} {'trained/s':>9s} {'tokens':>7s} {'% peak':>7s} "
-        f"{'peak MB':>8s} {'train() s':>9s}  sft vs this"
+        f"{'run':15s} {'prec':5s} {'tokens/s':>9s} {'trained/s':>9s} {'tokens':>7s} {'% peak':>7s} "
+        f"{'peak MB':>8s} {'train() s':>9s} {'1st step s':>10s} "
+        f"{'its update s':>12s} {'later % peak':>12s} {'update ms':>9s}  sft vs this"
     )
     base = results["sft"]["tokens"] / results["sft"]["seconds"]
     for kind, r in results.items():
         rate = r["tokens"] / r["seconds"]
+        later_seconds = r["seconds"] - r["first_seconds"]
+        later = f"{100 * (r['flops'] - r['first_flops']) / later_seconds / peak:11.1f}%" if later_seconds else "-"
         print(
-            f"{kind:12s} {r['precision']:5s} {rate:9.1f} {r['trained'] / r['seconds']:9.1f} {r['tokens']:7d} "
-            f"{100 * r['flops'] / r['seconds'] / peak:6.1f}% {r['peak_mb']:8.0f} {r['call_seconds']:9.1f}  "
-            f"{base / rate:.2f}x"
+            f"{kind:15s} {r['precision']:5s} {rate:9.1f} {r['trained'] / r['seconds']:9.1f} {r['tokens']:7d} "
+            f"{100 * r['flops'] / r['seconds'] / peak:6.1f}% {r['peak_mb']:8.0f} {r['call_seconds']:9.1f} "
+            f"{r['first_seconds']:10.2f} {r['first_update_seconds']:12.2f} {later:>12s} "
+            f"{1000 * r['update_seconds']:9.0f}  {base / rate:.2f}x"
         )
 
 
