@@ -6,7 +6,10 @@ Rows are in the seed's instruction/input/output format plus a `task` field (for 
 The bundled files: `--train 480 --eval 120 --more 360 --valid 90` (the first 480 train rows and the eval rows are
 those of the original 480/120 split; 360 more new instances, none in eval, follow them in train.jsonl; then 90
 validation rows, in neither, for early stopping and checkpoint selection, so that eval.jsonl is never selected on).
-Usage: python scripts/make_dataset.py [--train 480] [--eval 120] [--more 360] [--valid 90] [--out data/tasks]
+`--extra N` appends N more train rows drawn after the validation rows: a larger training set with the same eval and
+validation rows (families with few distinct instances, such as letter counts, run out and drop out of the turn).
+Usage: python scripts/make_dataset.py [--train 480] [--eval 120] [--more 360] [--valid 90] [--extra 0]
+       [--out data/tasks]
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=120)
     parser.add_argument("--more", type=int, default=360, help="train rows drawn after the eval rows")
     parser.add_argument("--valid", type=int, default=90, help="validation rows, drawn last, in neither file")
+    parser.add_argument("--extra", type=int, default=0, help="train rows drawn after the validation rows")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "tasks")
     args = parser.parse_args()
@@ -141,6 +145,7 @@ def main() -> None:
     evaluation = generate(args.eval, rng, {(r["instruction"], r["input"]) for r in train})
     train += generate(args.more, rng, {(r["instruction"], r["input"]) for r in train + evaluation})
     validation = generate(args.valid, rng, {(r["instruction"], r["input"]) for r in train + evaluation})
+    train += generate(args.extra, rng, {(r["instruction"], r["input"]) for r in train + evaluation + validation})
     args.out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("eval", evaluation), ("valid", validation)):
         path = args.out / f"{name}.jsonl"

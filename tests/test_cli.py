@@ -154,3 +154,31 @@ def test_the_quickstart_selects_on_rows_it_neither_trains_on_nor_reports():
     selected, trained = pairs(recipe.data.eval_path), pairs(recipe.data.path)
     assert len(selected) == 90 and len(pairs(scored)) == 120
     assert not selected & pairs(scored) and not selected & trained and not pairs(scored) & trained
+
+
+def test_the_dataset_script_rebuilds_the_bundled_rows_and_extra_rows_leave_the_scored_ones_alone(tmp_path):
+    """The README's quickstart figures stand on data/tasks: the generator must rebuild it byte for byte, and a larger
+    training set (`--extra`, the README's more-rows experiment) must keep the eval and validation rows and extend
+    the training rows with new instances only."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parent.parent
+    bundled = root / "data" / "tasks"
+    for out, extra in ((tmp_path / "default", 0), (tmp_path / "extra", 300)):
+        command = [sys.executable, str(root / "scripts" / "make_dataset.py"), "--out", str(out), "--extra", str(extra)]
+        subprocess.run(command, check=True, capture_output=True)
+    for name in ("train.jsonl", "eval.jsonl", "valid.jsonl"):
+        assert (tmp_path / "default" / name).read_bytes() == (bundled / name).read_bytes(), name
+    for name in ("eval.jsonl", "valid.jsonl"):
+        assert (tmp_path / "extra" / name).read_bytes() == (bundled / name).read_bytes(), name
+    train = (bundled / "train.jsonl").read_text().splitlines()
+    longer = (tmp_path / "extra" / "train.jsonl").read_text().splitlines()
+    assert longer[: len(train)] == train and len(longer) == len(train) + 300
+    pairs = [(r["instruction"], r["input"]) for r in map(json.loads, longer)]
+    scored = {
+        (r["instruction"], r["input"])
+        for name in ("eval.jsonl", "valid.jsonl")
+        for r in map(json.loads, (bundled / name).read_text().splitlines())
+    }
+    assert len(set(pairs)) == len(pairs) and not set(pairs) & scored
