@@ -139,6 +139,15 @@ class Times(NamedTuple):
     update: float  # mean weight update (gradient clipping and the optimizer step) of the steps after the first
 
 
+def now() -> float:
+    """The clock, after the GPU's queued work (CUDA runs asynchronously: without the wait a mark is a launch)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def times_of(marks: list[float], updates: list[float], call: float) -> Times:
     """From the step boundaries (the first step's start, then each step's end) and each step's update time."""
     later = updates[1:] or updates
@@ -155,28 +164,28 @@ def timed_train(trainer) -> Times:
     clip = trainer._clip_grad_norm  # the Trainer clips just before the optimizer step; no callback marks it
 
     def timed_clip(model):
-        update_start[:] = [time.perf_counter()]
+        update_start[:] = [now()]
         return clip(model)
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             if not marks:
-                marks.append(time.perf_counter())
+                marks.append(now())
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            update_start[:] = update_start or [time.perf_counter()]  # when max_grad_norm is 0 nothing clips
+            update_start[:] = update_start or [now()]  # when max_grad_norm is 0 nothing clips
 
         def on_optimizer_step(self, args, state, control, **kwargs):
-            updates.append(time.perf_counter() - update_start.pop())
+            updates.append(now() - update_start.pop())
 
         def on_step_end(self, args, state, control, **kwargs):
-            marks.append(time.perf_counter())
+            marks.append(now())
 
     trainer._clip_grad_norm = timed_clip
     trainer.add_callback(StepClock())
-    start = time.perf_counter()
+    start = now()
     trainer.train()
-    return times_of(marks, updates, time.perf_counter() - start)
+    return times_of(marks, updates, now() - start)
 
 
 def run_sft(data, model, steps, batch, out, counter, training: dict) -> tuple:
@@ -259,19 +268,17 @@ def run_raw(data, model_name, steps, batch, out, counter) -> tuple:
     collate = Collator(tokenizer.pad_token_id, padding_free=True)
     order = list(range(len(dataset)))
     random.Random(0).shuffle(order)
-    marks, updates = [time.perf_counter()], []
+    marks, updates = [now()], []
     for step in range(steps):
         batch_rows = dataset.select(order[step * batch : (step + 1) * batch])
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(list(batch_rows)).items()}
         loss = model(**inputs, use_cache=False).loss
         loss.backward()
-        update_start = time.perf_counter()
+        update_start = now()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        marks.append(time.perf_counter())
+        marks.append(now())
         updates.append(marks[-1] - update_start)
     return times_of(marks, updates, marks[-1] - marks[0]), model, "bf16" if dtype == torch.bfloat16 else "fp32"
 
