@@ -1,5 +1,6 @@
-"""Export a run (the quickstart's, by default) to an HF folder and to GGUF f16 and q8_0, and compare, over the run's
-held-out rows, what each export answers with what sft answers: prompt ids, greedy answers, exact match.
+"""Export a run (the quickstart's, by default) to an HF folder and to GGUF f16 and q8_0, and compare, over the
+held-out rows (data/tasks/eval.jsonl: never trained or selected on), what each export answers with what sft answers:
+prompt ids, greedy answers, exact match.
 
 Each export runs `sft export ... --check N --json` (the round-trip check through the export's own runtime:
 transformers for hf, llama.cpp for GGUF); exact match is scored on the answers the check generated, decoded by the
@@ -42,7 +43,8 @@ def main() -> None:
     from sft_cli.export.check import check_rows
 
     tokenizer = AutoTokenizer.from_pretrained(args.run)
-    expected = {row.number: row.fields["output"] for row in check_rows(args.run, args.rows)}
+    held_out = Path("data/tasks/eval.jsonl")
+    expected = {row.number: row.fields["output"] for row in check_rows(args.run, args.rows, held_out)}
 
     def exact(ids_by_row: dict[int, list[int]]) -> float:
         hits = sum(
@@ -52,17 +54,24 @@ def main() -> None:
         return hits / len(ids_by_row)
 
     started = time.perf_counter()
-    evaluation = sft("eval", str(args.run), "--data", str(Path("data/tasks/eval.jsonl")), "--limit", str(args.rows),
+    evaluation = sft("eval", str(args.run), "--data", str(held_out), "--limit", str(args.rows),
                      "--max-new-tokens", str(args.max_new_tokens))["results"][0]  # fmt: skip
     print(f"sft eval: exact match {evaluation['exact_match']:.1%} ({time.perf_counter() - started:.0f} s)")
     out = Path(tempfile.mkdtemp(prefix="export-quickstart-"))
+    check_args = [
+        "--check-data",
+        str(held_out),
+        "--check",
+        str(args.rows),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+    ]
     rows = []
     for fmt, dtype in EXPORTS:
         target = out / f"{fmt}-{dtype or 'as-trained'}"
         extra = ["--dtype", dtype] if dtype else []
         started = time.perf_counter()
-        report = sft("export", str(args.run), "--format", fmt, *extra, "--output", str(target), "--check",
-                     str(args.rows), "--max-new-tokens", str(args.max_new_tokens))  # fmt: skip
+        report = sft("export", str(args.run), "--format", fmt, *extra, "--output", str(target), *check_args)
         seconds = time.perf_counter() - started
         check = report["check"]
         per_row = check["per_row"]

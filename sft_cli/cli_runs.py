@@ -170,6 +170,9 @@ def export(
         help="Rows of the run's eval data (else train data) to check: prompt ids, greedy "
         "answer and stop through the export's own runtime.",
     ),
+    check_data: Path | None = typer.Option(
+        None, "--check-data", help="Check on the rows of this file (e.g. held-out rows), read as `sft eval` reads it."
+    ),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the check (the export is then unverified)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Longest answer the check generates."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
@@ -188,6 +191,7 @@ def export(
         dtype,
         overwrite=overwrite,
         check=0 if no_check else check,
+        check_data=check_data,
         max_new_tokens=max_new_tokens,
         progress=ProgressView(err),
     )

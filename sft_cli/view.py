@@ -241,8 +241,9 @@ def render_export(console: Console, result) -> None:
     summary = check.as_dict()
     n = summary["rows"]
     console.print(
-        f"through {check.runtime}: prompt ids equal {summary['prompt_ids_equal']}/{n}, identical greedy answers "
-        f"{summary['identical_generations']}/{n}, stops right {summary['stops_ok']}/{n}",
+        f"{n} rows of {result.facts.get('check_data')} through {check.runtime}: prompt ids equal "
+        f"{summary['prompt_ids_equal']}/{n}, identical greedy answers {summary['identical_generations']}/{n}, "
+        f"stops right {summary['stops_ok']}/{n}",
         highlight=False,
     )
     if check.stops_missing:

@@ -102,6 +102,30 @@ def test_hf_export_answers_as_sft_generate_does(request, run_name):
     assert list(ids) == prompt_token_ids(run, row.fields)
 
 
+def test_the_check_can_run_on_held_out_rows_from_a_file(alpaca_run, tmp_path):
+    """--check-data: the rows checked are the file's (rows the run never saw), not the run's own eval rows."""
+    held_out = [
+        {"instruction": "Spell the number as a word, then count its letters.", "input": "seven", "output": "5"},
+        {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+        {"instruction": "Say it louder, please, in capital letters only.", "input": "quiet words", "output": "QUIET"},
+    ]
+    path = write_jsonl(tmp_path / "held_out.jsonl", held_out)
+    result, report = export(alpaca_run, "hf", "--check-data", str(path), "--output", str(tmp_path / "hf"))
+    assert result.exit_code == 0, result.output
+    assert report["check_data"] == str(path) and report["check"]["rows"] == len(held_out)
+    run = load_run(alpaca_run)
+    expected = [len(prompt_token_ids(run, row)) for row in held_out]
+    assert [r["prompt_tokens"] for r in report["check"]["per_row"]] == expected
+    assert report["check"]["prompt_ids_equal"] == len(held_out)
+
+    missing = tmp_path / "missing.jsonl"
+    target = tmp_path / "not-written"
+    result = runner.invoke(
+        app, ["export", str(alpaca_run), "-f", "hf", "--check-data", str(missing), "-o", str(target)]
+    )
+    assert result.exit_code == 2 and "missing.jsonl" in result.output and not target.exists()
+
+
 def test_alpaca_prompt_format_travels_as_the_chat_template(alpaca_run, tmp_path):
     result, report = export(alpaca_run, "hf", "--no-check", "--output", str(tmp_path / "hf"))
     assert result.exit_code == 0, result.output

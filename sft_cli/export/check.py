@@ -70,8 +70,16 @@ class CheckReport:
         }
 
 
-def check_rows(run_dir: Path, limit: int) -> list[Row]:
-    """The first `limit` rows of the run's eval split (else its train rows), from the data its recipe names."""
+def check_rows(run_dir: Path, limit: int, data: Path | None = None) -> list[Row]:
+    """The first `limit` rows of `data`, read as `sft eval` reads a file (held-out rows the run never saw), else of
+    the run's eval split (else its train rows), from the data its recipe names."""
+    if data is not None:
+        from sft_cli.evaluate import eval_recipe
+
+        rows = load_rows(eval_recipe(Path(run_dir), Path(data)), "train").rows[:limit]
+        if not rows:
+            raise SftError(f"{data}: no rows to check")
+        return rows
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
         raise SftError(f"{run_dir}: no {RECIPE_FILE} to find the rows to check with", hint="pass --no-check")

@@ -82,10 +82,11 @@ def export_run(
     *,
     overwrite: bool = False,
     check: int = 16,
+    check_data: Path | None = None,
     max_new_tokens: int = 32,
     progress: Progress | None = None,
 ) -> ExportResult:
-    """Export a run; `check` rows are compared (0: no check)."""
+    """Export a run; `check` rows (of `check_data`, else the run's own eval rows) are compared (0: no check)."""
     progress = progress or Progress()
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
@@ -106,12 +107,14 @@ def export_run(
     aside = output.with_name(output.name + ".partial")
     shutil.rmtree(aside, ignore_errors=True)
     try:
+        rows = check_rows(run_dir, check, check_data) if check else []
         progress.note(f"loading {run_dir}")
         run = load_run(run_dir)
-        rows = check_rows(run_dir, check) if check else []
         sft = sft_answers(run, rows, max_new_tokens) if rows else []
         stops = run.tokenizer.convert_ids_to_tokens(stop_ids(run))
         job = ExportJob(run, run_dir, dtype, aside, rows, sft, max_new_tokens, progress, {"stop_tokens": stops})
+        if rows:
+            job.facts["check_data"] = str(check_data) if check_data else "the run's own data"
         report = spec.write(job)
     except BaseException as error:
         shutil.rmtree(aside, ignore_errors=True)
