@@ -1,5 +1,6 @@
 """Masked vs unmasked loss, full fine-tuning vs LoRA, on the bundled task data: each variant is the quickstart
-recipe with one `--set` changed, trained and evaluated through the `sft` command line, one after the other.
+recipe for one epoch (105 steps), with full fine-tuning at lr 1e-4 or LoRA r=16 at lr 1e-3 (the quickstart's own
+adapters), masked or unmasked loss, trained and evaluated through the `sft` command line, one after the other.
 
 Prints held-out exact match, answer loss and training time per variant.
 Usage: python scripts/compare_variants.py [--steps N] [--limit 120] [--out runs/compare]
@@ -15,11 +16,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+ONE_EPOCH = ["training.epochs=1", "training.eval_steps=35"]
+FULL = ["lora=null", "training.learning_rate=1e-4"]
 VARIANTS = {
-    "full, masked": [],
-    "full, unmasked": ["loss=unmasked"],
-    "LoRA r=16, masked": ["lora.r=16", "training.learning_rate=1e-3"],
-    "LoRA r=16, unmasked": ["lora.r=16", "training.learning_rate=1e-3", "loss=unmasked"],
+    "full, masked": [*ONE_EPOCH, *FULL],
+    "full, unmasked": [*ONE_EPOCH, *FULL, "loss=unmasked"],
+    "LoRA r=16, masked": ONE_EPOCH,
+    "LoRA r=16, unmasked": [*ONE_EPOCH, "loss=unmasked"],
 }
 
 
