@@ -34,11 +34,11 @@ def load(path, attention: str, **config):
     return AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention).eval()
 
 
-def assert_each_sequence_alone(model, examples, **call):
+def assert_each_sequence_alone(model, examples, tolerance: float = 1e-5, **call):
     """Logits of the padding-free batch vs each sequence alone, the latter with eager attention (plain math, the
-    model's own causal and sliding-window masks) on the same weights."""
+    model's own causal and sliding-window masks) on the same weights and device."""
     batch = Collator(pad_token_id=0, padding_free=True)(examples)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
     attention = model.config._attn_implementation
     with torch.no_grad():
         packed = model(**inputs, **call).logits[0]
@@ -46,9 +46,9 @@ def assert_each_sequence_alone(model, examples, **call):
         start = 0
         for example in examples:
             n = len(example["input_ids"])
-            alone = model(input_ids=torch.tensor([example["input_ids"]]), use_cache=False).logits[0]
-            gap = (packed[start : start + n] - alone).abs().max()
-            assert gap < 1e-5, (example["row"], gap)
+            alone = model(input_ids=torch.tensor([example["input_ids"]], device=model.device), use_cache=False)
+            gap = (packed[start : start + n] - alone.logits[0]).abs().max()
+            assert gap < tolerance, (example["row"], gap)
             start += n
     model.set_attn_implementation(attention)
 
@@ -58,6 +58,16 @@ def test_padding_free_logits_equal_each_sequence_alone(tiny_path, attention):
     model = load(tiny_path, attention)
     # use_cache=False as TRL's trainer passes it: transformers' packed mask needs it
     assert_each_sequence_alone(model, sequences(model.config.vocab_size), use_cache=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path runs where a GPU is")
+def test_on_cuda_the_attention_sft_picks_keeps_sequences_apart(tiny_path):
+    """On a GPU: flash-attention's varlen kernel where `flash-attn` is installed, else sft's per-sequence loop."""
+    model = load(tiny_path, "sdpa").to("cuda")
+    tolerance = 1e-4
+    if use_sequence_attention(model) == "flash_attention_2":  # a 16-bit kernel: the model trains in bf16 there
+        model, tolerance = model.to(torch.bfloat16), 5e-2
+    assert_each_sequence_alone(model, sequences(model.config.vocab_size), tolerance=tolerance)
 
 
 def test_sequence_attention_is_right_even_with_the_cache_on(tiny_path):
