@@ -119,7 +119,7 @@ def build_smollm2(target: Path, gguf_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     from sft_cli.loading import load_model
-    from sft_cli.recipe import ModelSection
+    from sft_cli.recipe_sections import ModelSection
 
     gguf = fetch_smollm2_gguf(gguf_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

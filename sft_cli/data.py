@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sft_cli.errors import DataError
-from sft_cli.recipe import CustomTemplate, Recipe
+from sft_cli.recipe import Recipe
+from sft_cli.recipe_sections import CustomTemplate
 from sft_cli.sources import count_records, iter_records
 from sft_cli.templates import template_fields
 

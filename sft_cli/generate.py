@@ -9,7 +9,7 @@ from typing import Any
 
 from sft_cli.encode import prompt_ids
 from sft_cli.loading import load_model
-from sft_cli.recipe import CustomTemplate, ModelSection
+from sft_cli.recipe_sections import CustomTemplate, ModelSection
 from sft_cli.rendered import RenderOptions
 from sft_cli.run_record import RunRecord, read_record
 from sft_cli.templates import render_options, render_prompt

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from sft_cli.errors import SftError
 from sft_cli.hub import hub_unreachable, looks_local
-from sft_cli.recipe import ModelSection, Recipe
+from sft_cli.recipe import Recipe
+from sft_cli.recipe_sections import ModelSection
 
 
 def model_location(model: ModelSection) -> tuple[str, dict]:

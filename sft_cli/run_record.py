@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from sft_cli.errors import SftError
-from sft_cli.recipe import EncodingSpec, ModelSection
+from sft_cli.recipe import EncodingSpec
+from sft_cli.recipe_sections import ModelSection
 
 TEMPLATE_FILE, RUN_FILE, METRICS_FILE = "sft_template.json", "run.json", "metrics.jsonl"
 PLOT_FILE, RECIPE_FILE, CHECKPOINTS, LOCK_FILE = "loss.png", "recipe.yaml", "checkpoints", ".lock"

@@ -15,7 +15,7 @@ from pathlib import Path
 from sft_cli.errors import SftError
 from sft_cli.folders import build_aside, cache_home, move_into_place
 from sft_cli.loading import model_location
-from sft_cli.recipe import ModelSection
+from sft_cli.recipe_sections import ModelSection
 
 SHRUNK = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "head_dim": 16}
 KEPT = ("architectures", "vocab_size", "tie_word_embeddings", "sliding_window", "attn_logit_softcapping",

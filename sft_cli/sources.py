@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sft_cli.errors import DataError
 from sft_cli.hub import dataset_commit, hub_unreachable, looks_local, offline_requested
-from sft_cli.recipe import DATA_SUFFIXES
+from sft_cli.recipe_sections import DATA_SUFFIXES
 
 BOM = b"\xef\xbb\xbf"
 BATCH = 1000

@@ -9,7 +9,8 @@ import yaml
 from pydantic import BaseModel
 
 from sft_cli.errors import SftError
-from sft_cli.recipe import TEMPLATE_NAMES, Recipe
+from sft_cli.recipe import Recipe
+from sft_cli.recipe_sections import TEMPLATE_NAMES
 
 EXAMPLE_DATA = "data/example.jsonl"
 EXAMPLE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"

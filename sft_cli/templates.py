@@ -15,7 +15,8 @@ import string
 
 from sft_cli.chat import render_chat, render_chat_prompt
 from sft_cli.errors import SftError
-from sft_cli.recipe import CustomTemplate, EncodingSpec
+from sft_cli.recipe import EncodingSpec
+from sft_cli.recipe_sections import CustomTemplate
 from sft_cli.rendered import ChatTokenizer, Rendered, RenderOptions, Segment, SegmentKind
 from sft_cli.tokens import control_tokens, stop_tokens
 

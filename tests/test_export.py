@@ -242,7 +242,8 @@ def test_an_architecture_llama_cpp_cannot_convert_is_named(tiny_smollm, tmp_path
     """OPT loads in transformers (so --format hf works) but llama.cpp has no converter for it."""
     from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
 
-    from sft_cli.recipe import EncodingSpec, ModelSection
+    from sft_cli.recipe import EncodingSpec
+    from sft_cli.recipe_sections import ModelSection
     from sft_cli.run_record import RunRecord, write_record
 
     run = tmp_path / "opt-run"

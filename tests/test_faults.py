@@ -187,7 +187,8 @@ def test_offline_hub_names_and_missing_local_files_fail_fast(tmp_path, tiny_path
     run = tmp_path / "run"
     if "RUN" in args:
         shutil.copytree(tiny_path, run)
-        from sft_cli.recipe import EncodingSpec, ModelSection
+        from sft_cli.recipe import EncodingSpec
+        from sft_cli.recipe_sections import ModelSection
         from sft_cli.run_record import RunRecord, write_record
 
         write_record(run, RunRecord(EncodingSpec(), ("<|im_end|>",), ModelSection(name=str(tiny_path))))

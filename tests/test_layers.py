@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sft_cli"
 
 LAYERS = {
     # 1: the recipe, the run record, errors, the progress protocol
-    "errors": 1, "folders": 1, "hub": 1, "recipe": 1, "recipe_yaml": 1, "run_record": 1, "progress": 1,
-    "trainer_fields": 1, "trackers": 1, "chunked_loss": 1,
+    "errors": 1, "folders": 1, "hub": 1, "recipe": 1, "recipe_sections": 1, "recipe_yaml": 1, "run_record": 1,
+    "progress": 1, "trainer_fields": 1, "trackers": 1, "chunked_loss": 1,
     # 2: rows and rendering
     "sources": 2, "marking": 2, "data": 2, "rendered": 2, "templates": 2, "chat": 2, "tokens": 2,
     # 3: encoding, and loading what encodes

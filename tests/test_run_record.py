@@ -7,7 +7,8 @@ import json
 import pytest
 
 from sft_cli.errors import SftError
-from sft_cli.recipe import CustomTemplate, EncodingSpec, ModelSection
+from sft_cli.recipe import EncodingSpec
+from sft_cli.recipe_sections import CustomTemplate, ModelSection
 from sft_cli.run_record import TEMPLATE_FILE, RunRecord, read_record, write_record
 
 # sft_template.json exactly as releases before the format version wrote it (flat contract fields)

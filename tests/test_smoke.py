@@ -16,7 +16,7 @@ from conftest import ALPACA_ROWS, ROOT, write_jsonl
 from typer.testing import CliRunner
 
 from sft_cli.cli import app
-from sft_cli.recipe import ModelSection
+from sft_cli.recipe_sections import ModelSection
 from sft_cli.smoke import STAGES
 
 runner = CliRunner()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sft_cli.recipe import CustomTemplate
+from sft_cli.recipe_sections import CustomTemplate
 from sft_cli.rendered import Rendered
 from sft_cli.templates import render, render_prompt
 

@@ -23,7 +23,8 @@ import json
 import string
 from dataclasses import dataclass
 
-from sft_cli.recipe import CustomTemplate, EncodingSpec
+from sft_cli.recipe import EncodingSpec
+from sft_cli.recipe_sections import CustomTemplate
 from sft_cli.templates import INSTRUCTION_MARKERS
 
 SYSTEM_REFUSED = "this model was fine-tuned with an instruction template that has no system message"
