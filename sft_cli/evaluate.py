@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sft_cli.data import load_rows, read_records
+from sft_cli.data import Rows, load_rows, read_records
 from sft_cli.encode import IGNORE, encode_rows
 from sft_cli.errors import SftError
 from sft_cli.generate import LoadedRun, Sampling, generate, load_run
@@ -95,6 +95,17 @@ def eval_recipe(run_dir: Path, data: Path) -> Recipe:
     return Recipe.from_encoding(encoding, record.base_model, {"path": str(data)})
 
 
+def file_rows(run_dir: Path, path: Path, limit: int | None, purpose: str) -> tuple[Recipe, Rows]:
+    """A data file's first `limit` rows (all without a limit), read under the run's contract (`eval_recipe`)."""
+    recipe = eval_recipe(run_dir, path)
+    rows = load_rows(recipe, "train")
+    if limit:
+        rows.rows = rows.rows[:limit]
+    if not rows.rows:
+        raise SftError(f"{path}: no rows to {purpose}")
+    return recipe, rows
+
+
 def has_answer(record: dict) -> bool:
     """A row sft eval can score: an output or completion, or a chat whose last turn is the assistant's."""
     if isinstance(record.get("messages"), list) and record["messages"]:
@@ -155,12 +166,7 @@ def evaluate(
     run = load_run(run_dir, base=base)
     overall, by_task, shown, by_source = Score(), defaultdict(Score), [], {}
     for path, records in all_records.items():
-        recipe = eval_recipe(run_dir, path)
-        rows = load_rows(recipe, "train")
-        if limit:
-            rows.rows = rows.rows[:limit]
-        if not rows.rows:
-            raise SftError(f"{path}: no rows to evaluate")
+        recipe, rows = file_rows(run_dir, path, limit, "evaluate")
         tasks = {i: r.get("task") for i, r in enumerate(records, 1)}
         options = replace(run.options, unmasked=False)
         encoded = encode_rows(rows, run.tokenizer, recipe, diagnose=False, options=options)

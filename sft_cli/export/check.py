@@ -17,6 +17,7 @@ from pathlib import Path
 from sft_cli.chat import template_messages
 from sft_cli.data import Row, load_rows
 from sft_cli.errors import SftError
+from sft_cli.evaluate import file_rows
 from sft_cli.export.prompt_format import user_message
 from sft_cli.generate import LoadedRun, Sampling, generate_ids, pad_id, prompt_token_ids, stop_ids
 from sft_cli.recipe import load_recipe
@@ -74,12 +75,7 @@ def check_rows(run_dir: Path, limit: int, data: Path | None = None) -> list[Row]
     """The first `limit` rows of `data`, read as `sft eval` reads a file (held-out rows the run never saw), else of
     the run's eval split (else its train rows), from the data its recipe names."""
     if data is not None:
-        from sft_cli.evaluate import eval_recipe
-
-        rows = load_rows(eval_recipe(Path(run_dir), Path(data)), "train").rows[:limit]
-        if not rows:
-            raise SftError(f"{data}: no rows to check")
-        return rows
+        return file_rows(Path(run_dir), Path(data), limit, "check")[1].rows
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
         raise SftError(f"{run_dir}: no {RECIPE_FILE} to find the rows to check with", hint="pass --no-check")
