@@ -167,8 +167,8 @@ def export(
         16,
         "--check",
         min=0,
-        help="Rows of the run's eval data (else train data) to check: prompt ids, greedy "
-        "answer and stop through the export's own runtime.",
+        help="Rows to check (of --check-data, else the run's eval data, else its train data): prompt ids, "
+        "greedy answer and stop through the export's own runtime.",
     ),
     check_data: Path | None = typer.Option(
         None, "--check-data", help="Check on the rows of this file (e.g. held-out rows), read as `sft eval` reads it."
