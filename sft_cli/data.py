@@ -13,7 +13,6 @@ from sft_cli.errors import DataError
 from sft_cli.recipe import Recipe
 from sft_cli.recipe_sections import CustomTemplate
 from sft_cli.sources import count_records, iter_records
-from sft_cli.templates import template_fields
 
 FORMAT_FIELDS = {
     "alpaca": ("instruction", "input", "output"),
@@ -243,7 +242,7 @@ def row_batches(recipe: Recipe, split: str = "train", size: int = 1000) -> Itera
         )
     fmt = data.format or detect_format(first[1], data.columns, path)
     keep_extra = isinstance(recipe.template, CustomTemplate)
-    check_columns(data.columns, first[1], fmt, path, template_fields(recipe.template) if keep_extra else set())
+    check_columns(data.columns, first[1], fmt, path, recipe.template.fields() if keep_extra else set())
     chosen = _split_rows(recipe, path) if data.eval_fraction and not data.eval_path else None
     wanted = data.limit if split == "train" else None
     batch = Rows([], path, fmt)

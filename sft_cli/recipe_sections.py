@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,11 @@ class CustomTemplate(Section):
     prompt: str = Field(description="prompt format with {field} placeholders, e.g. 'Q: {instruction}\\nA: '")
     response: str = Field("{output}", description="response format (trained under masked loss); EOS follows")
     special_tokens: list[str] = Field(default_factory=list, description="tokens to add to the tokenizer")
+
+    def fields(self) -> set[str]:
+        """The {field} names the template uses."""
+        parsed = (part for fmt in (self.prompt, self.response) for part in string.Formatter().parse(fmt))
+        return {field for _, field, _, _ in parsed if field is not None}
 
 
 def _known_template(name: str) -> str:

@@ -93,16 +93,6 @@ def _field(row: dict, field: str) -> str:
     return "" if value is None else str(value)
 
 
-def template_fields(template: CustomTemplate) -> set[str]:
-    """The {field} names a custom template uses."""
-    return {
-        field
-        for fmt in (template.prompt, template.response)
-        for _, field, _, _ in string.Formatter().parse(fmt)
-        if field is not None
-    }
-
-
 def extra_special_tokens(template: str | CustomTemplate) -> list[str]:
     """Tokens a template needs added to the tokenizer (each then encodes to one id)."""
     if template == "special_tokens":
