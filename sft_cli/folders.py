@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from sft_cli.errors import SftError
 
 
 def cache_home() -> Path:
@@ -27,3 +30,45 @@ def move_into_place(partial: Path, target: Path) -> None:
         os.replace(partial, target)
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def refuse_overlap(target: Path, keep: Iterable[Path], option: str) -> None:
+    """An output may not be, lie inside or hold a path sft must not change (a run folder, the recipe, its data)."""
+    resolved = target.resolve()
+    for kept in keep:
+        kept = Path(kept).resolve()
+        if resolved == kept or resolved in kept.parents or kept in resolved.parents:
+            where = "is" if resolved == kept else "holds" if resolved in kept.parents else "lies inside"
+            raise SftError(
+                f"{option} {target} {where} {kept}, which sft must not change",
+                hint=f"pick a folder apart from it for {option}",
+            )
+
+
+def refuse_foreign(target: Path, option: str, what: str) -> None:
+    """`--overwrite` replaces only what sft wrote: a folder of anyone's other files is never deleted."""
+    shown = ", ".join(sorted(p.name for p in target.iterdir())[:4]) if target.is_dir() else "a file"
+    raise SftError(
+        f"{option} {target} holds files sft did not write ({shown}); --overwrite replaces only {what}",
+        hint=f"pick an empty or new folder for {option}",
+    )
+
+
+def guard_output(
+    target: Path,
+    *,
+    option: str,
+    overwrite: bool,
+    written_by_sft: Callable[[Path], bool],
+    what: str,
+    keep: Iterable[Path] = (),
+) -> None:
+    """Refuse an output that would lose data: one that overlaps a path to `keep`, or an existing one that only
+    `--overwrite` replaces, and then only if sft wrote it (`what` names such a folder in the messages)."""
+    refuse_overlap(target, keep, option)
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return
+    if not (target.is_dir() and written_by_sft(target)):
+        refuse_foreign(target, option, what)
+    if not overwrite:
+        raise SftError(f"{target} already holds {what}", hint=f"pick another {option}, or pass --overwrite")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sft_cli.errors import SftError
 from sft_cli.export.hf import write_hf_folder
+from sft_cli.folders import guard_output
 from sft_cli.generate import load_run
 from sft_cli.run_record import read_record
 
@@ -22,8 +23,14 @@ def merge_run(run_dir: Path, output: Path, overwrite: bool = False) -> Path:
             f"{run_dir} is not a LoRA run: its model is already a full model",
             hint="load it directly, or `sft export --format hf` for a standalone folder",
         )
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise SftError(f"{output} already exists", hint="pick another --output, or pass --overwrite")
+    guard_output(
+        output,
+        option="--output",
+        overwrite=overwrite,
+        written_by_sft=merged_folder,
+        what="an earlier merged model",
+        keep=[run_dir],
+    )
     aside = output.with_name(output.name + ".partial")
     shutil.rmtree(aside, ignore_errors=True)
     write_hf_folder(load_run(run_dir), aside, None, run_dir)
@@ -31,3 +38,11 @@ def merge_run(run_dir: Path, output: Path, overwrite: bool = False) -> Path:
         shutil.rmtree(output)
     os.replace(aside, output)
     return output
+
+
+def merged_folder(folder: Path) -> bool:
+    """A folder `sft merge` (or `sft export --format hf`) wrote: its record names the run it was merged from."""
+    try:
+        return read_record(folder).merged_from is not None
+    except SftError:
+        return False

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from sft_cli.errors import SftError
+from sft_cli.folders import refuse_foreign, refuse_overlap
 from sft_cli.recipe import LoadedRecipe, Recipe
 from sft_cli.run_record import (
     CHECKPOINTS,
@@ -23,6 +24,7 @@ from sft_cli.run_record import (
     PLOT_FILE,
     RECIPE_FILE,
     RUN_FILE,
+    TEMPLATE_FILE,
     RunRecord,
     write_record,
 )
@@ -109,6 +111,18 @@ def holds_a_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A folder with sft's own record of a run (a finished or an interrupted one): only these may be replaced."""
+    return any((folder / name).exists() for name in (TEMPLATE_FILE, RUN_FILE, METRICS_FILE, CHECKPOINTS, LOCK_FILE))
+
+
+def recipe_inputs(loaded: LoadedRecipe) -> list[Path]:
+    """The local files a run reads (the recipe, its data, a local base model): no run folder may hold them."""
+    recipe = loaded.recipe
+    named = [recipe.model.name] + [p for s in recipe.data.source_entries() for p in (s.path, s.eval_path) if p]
+    return [loaded.path, *(Path(p) for p in named if Path(p).exists())]
+
+
 def clear_for_overwrite(run_dir: Path) -> None:
     """Empty a run folder that --overwrite replaces, keeping this process's lock."""
     for item in run_dir.iterdir():
@@ -185,6 +199,10 @@ def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple
                 hint="set output.dir to the run folder, e.g. --set output.dir=runs/NAME",
             )
     run_dir = run_dir or default_run_dir(loaded)
+    if not resume:
+        refuse_overlap(run_dir, recipe_inputs(loaded), "output.dir")
+        if holds_a_run(run_dir) and not is_run_folder(run_dir):
+            refuse_foreign(run_dir, "output.dir", "a run folder")
     lock = lock_run_folder(run_dir)
     try:
         if resume:

@@ -329,6 +329,59 @@ def test_run_folder_faults(tmp_path, tiny_path, fault):
         clear_error(result, "/sys/sft-run: cannot create the run folder")
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_run_never_replaces_the_recipe_folder_or_a_folder_of_other_files(tmp_path, tiny_path, overwrite):
+    path = train_recipe(tmp_path, tiny_path, 2)
+    (tmp_path / "notes.txt").write_text("my notes")
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, ["train", str(path), "--set", "output.dir=.", *overwrite])
+    clear_error(result, "output.dir . holds", "recipe.yaml, which sft must not change")
+    others = tmp_path / "others"
+    others.mkdir()
+    (others / "keep.txt").write_text("not a run")
+    result = runner.invoke(app, ["train", str(path), "--set", f"output.dir={others}", *overwrite])
+    clear_error(result, "holds files sft did not write (keep.txt)", "--overwrite replaces only a run folder")
+    assert snapshot(tmp_path) == {**before, "others/keep.txt": b"not a run"}
+
+
+@pytest.fixture(scope="module")
+def tiny_lora_run(tmp_path_factory, tiny_path):
+    folder = tmp_path_factory.mktemp("faults-lora-run")
+    path = recipe_at(
+        folder, tiny_path, training={"max_steps": 2, "batch_size": 2}, output={"dir": "run"}, lora={"r": 4}
+    )
+    assert runner.invoke(app, ["train", str(path)]).exit_code == 0
+    return folder / "run"
+
+
+@pytest.mark.parametrize("where", ["RUN", "RUN/inside", "PARENT"])
+@pytest.mark.parametrize("command", ["export", "merge"])
+def test_export_and_merge_never_write_over_the_run_folder(tiny_lora_run, command, where):
+    run = tiny_lora_run
+    output = {"RUN": run, "RUN/inside": run / "inside", "PARENT": run.parent}[where]
+    before = snapshot(run.parent)
+    args = ["export", str(run), "--format", "hf", "--no-check"] if command == "export" else ["merge", str(run)]
+    clear_error(runner.invoke(app, [*args, "-o", str(output), "--overwrite"]), f"--output {output}", "must not change")
+    assert snapshot(run.parent) == before
+
+
+def test_export_overwrite_replaces_only_an_earlier_export(tiny_run, tmp_path):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "thesis.tex").write_text("months of work")
+    args = ["export", str(tiny_run), "--format", "hf", "--no-check", "-o", str(target), "--overwrite"]
+    clear_error(runner.invoke(app, args), "holds files sft did not write (thesis.tex)")
+    assert (target / "thesis.tex").read_text() == "months of work"
+    exported = tmp_path / "exported"
+    assert runner.invoke(app, [*args[:-2], str(exported)]).exit_code == 0
+    clear_error(runner.invoke(app, [*args[:-2], str(exported)]), "already holds an earlier export", "--overwrite")
+    assert runner.invoke(app, [*args[:-2], str(exported), "--overwrite"]).exit_code == 0
+
+
 def test_a_damaged_last_checkpoint_resumes_from_the_one_before(tmp_path, tiny_path):
     path = train_recipe(tmp_path, tiny_path, 8)
     assert runner.invoke(app, ["train", str(path)]).exit_code == 0

@@ -18,6 +18,7 @@ from sft_cli.export.hf import FLOAT_DTYPES, export_hf
 from sft_cli.export.job import ExportJob, Format
 from sft_cli.export.llama_cpp import OUTTYPES, bindings_version
 from sft_cli.export.ollama import export_ollama
+from sft_cli.folders import guard_output
 from sft_cli.generate import load_run, stop_ids
 from sft_cli.progress import Progress
 from sft_cli.run_record import TEMPLATE_FILE, read_record
@@ -101,8 +102,14 @@ def export_run(
     output = Path(output) if output else default_output(run_dir, fmt, dtype)
     unverified = output.with_name(output.name + ".unverified")
     for existing in (output, unverified):
-        if existing.exists() and not overwrite:
-            raise SftError(f"{existing} already exists", hint="pick another --output, or pass --overwrite")
+        guard_output(
+            existing,
+            option="--output",
+            overwrite=overwrite,
+            written_by_sft=lambda folder: (folder / REPORT_FILE).is_file(),
+            what="an earlier export (a folder with export.json)",
+            keep=[run_dir],
+        )
     started = time.perf_counter()
     aside = output.with_name(output.name + ".partial")
     shutil.rmtree(aside, ignore_errors=True)
