@@ -1,5 +1,5 @@
 """Attention for padding-free and packed batches: sft's per-sequence loop (one SDPA call per sequence, the
-`sft_varlen` kernel of sft_cli/attention.py) against PyTorch's FlexAttention with a document mask (block-diagonal
+`sft_varlen` kernel of training/attention.py) against PyTorch's FlexAttention with a document mask (block-diagonal
 causal), compiled, forward and backward, on SmolLM2-135M's attention shape (9 query heads, 3 key/value heads,
 head dim 64). The outputs must agree; each case reports the mean time of the timed repeats after warm-up (the
 compile time separately). Forward and backward on CUDA; forward only on CPU, where FlexAttention has no backward

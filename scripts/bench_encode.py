@@ -23,9 +23,9 @@ def rows_for(n: int) -> list[dict]:
 def time_sft(rows: list[dict], model: Path, diagnose: bool) -> float:
     from transformers import AutoTokenizer
 
-    from sft_cli.data import Row, Rows, normalise
-    from sft_cli.encode import encode_rows, prepare_tokenizer
-    from sft_cli.recipe import Recipe
+    from sft_cli.data.rows import Row, Rows, normalise
+    from sft_cli.encoding.encode import encode_rows, prepare_tokenizer
+    from sft_cli.recipe.schema import Recipe
 
     recipe = Recipe.model_validate({"model": {"name": str(model)}, "data": {"path": "x.jsonl"}, "max_length": 256})
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -45,7 +45,7 @@ def time_trl(rows: list[dict], model: Path) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from sft_cli.templates import render_prompt
+    from sft_cli.encoding.templates import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompts = [render_prompt("alpaca", {**r, "input": r.get("input", "")}, tokenizer).text for r in rows]

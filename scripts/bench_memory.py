@@ -1,4 +1,4 @@
-"""Peak memory of one training step with the full-logits loss and with the chunked loss (sft_cli/chunked_loss.py).
+"""Peak memory of one training step with the full-logits loss and with the chunked loss (training/chunked_loss.py).
 
 A small random-weight Qwen2-shaped model with Qwen's 151,936-token vocabulary (built here, no download), one
 padding-free batch of 8 sequences with lengths drawn up to max_length 2048, the first half of each untrained (a
@@ -24,7 +24,7 @@ def step(mode: str, batch: int, max_length: int, seed: int) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from sft_cli.chunked_loss import chunked_loss, head_of, hidden_states_out
+    from sft_cli.training.chunked_loss import chunked_loss, head_of, hidden_states_out
 
     torch.manual_seed(seed)
     config = Qwen2Config(

@@ -45,7 +45,7 @@ def words(rng: random.Random, mean: float, sigma: float, low: int, high: int) ->
 
 def generate(n: int, folder: Path) -> tuple[Path, Path]:
     """alpaca rows, and the same rows as TRL's prompt/completion (the alpaca template applied), streamed to disk."""
-    from sft_cli.templates import render_prompt
+    from sft_cli.encoding.templates import render_prompt
 
     class Eos:
         eos_token = "<|im_end|>"
@@ -123,9 +123,9 @@ def trl_phase(pairs: Path, model: Path) -> None:
 
 def first_example_phase(recipe: Path) -> None:
     """Seconds from a loaded tokenizer to preview's first example (what `sft preview` prints first)."""
-    from sft_cli.loading import load_tokenizer
-    from sft_cli.preview import first_examples
-    from sft_cli.recipe import load_recipe
+    from sft_cli.encoding.loading import load_tokenizer
+    from sft_cli.encoding.preview import first_examples
+    from sft_cli.recipe.schema import load_recipe
 
     loaded = load_recipe(recipe).recipe
     tokenizer = load_tokenizer(loaded)

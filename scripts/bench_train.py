@@ -189,8 +189,8 @@ def timed_train(trainer) -> Times:
 
 
 def run_sft(data, model, steps, batch, out, counter, training: dict) -> tuple:
-    from sft_cli.recipe import load_recipe
-    from sft_cli.train import prepare
+    from sft_cli.recipe.schema import load_recipe
+    from sft_cli.training.run import prepare
 
     session = prepare(load_recipe(sft_recipe(data, model, steps, batch, out, training)), no_cache=True)
     trainer = session.trainer
@@ -214,7 +214,7 @@ def run_trl(data, model_name, steps, batch, out, counter, tuned: bool) -> tuple:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from sft_cli.templates import render_prompt
+    from sft_cli.encoding.templates import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_name)
     rows = [json.loads(line) for line in data.read_text().splitlines()]
@@ -249,11 +249,11 @@ def run_raw(data, model_name, steps, batch, out, counter) -> tuple:
     """sft's batches and attention in a bare AdamW loop, nothing else (no Trainer, no callbacks, no heap policy)."""
     import torch
 
-    from sft_cli.attention import use_sequence_attention
-    from sft_cli.batching import Collator
-    from sft_cli.loading import load_model, load_tokenizer
-    from sft_cli.prepared import prepare_split
-    from sft_cli.recipe import load_recipe
+    from sft_cli.encoding.cache import prepare_split
+    from sft_cli.encoding.loading import load_model, load_tokenizer
+    from sft_cli.recipe.schema import load_recipe
+    from sft_cli.training.attention import use_sequence_attention
+    from sft_cli.training.batching import Collator
 
     recipe = load_recipe(sft_recipe(data, model_name, steps, batch, out, {})).recipe
     tokenizer = load_tokenizer(recipe)

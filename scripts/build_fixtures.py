@@ -118,8 +118,8 @@ def build_smollm2(target: Path, gguf_dir: Path) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from sft_cli.loading import load_model
-    from sft_cli.recipe_sections import ModelSection
+    from sft_cli.encoding.loading import load_model
+    from sft_cli.recipe.sections import ModelSection
 
     gguf = fetch_smollm2_gguf(gguf_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -39,8 +39,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from sft_cli.evaluate import normalise
     from sft_cli.export.check import check_rows
+    from sft_cli.runs.evaluate import normalise
 
     tokenizer = AutoTokenizer.from_pretrained(args.run)
     held_out = Path("data/tasks/eval.jsonl")

@@ -1,3 +1,3 @@
-from sft_cli.cli import main
+from sft_cli.cli.app import main
 
 main()

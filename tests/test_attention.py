@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft_cli.attention import VARLEN, register, restore_attention, use_sequence_attention
-from sft_cli.batching import Collator
+from sft_cli.training.attention import VARLEN, register, restore_attention, use_sequence_attention
+from sft_cli.training.batching import Collator
 
 LENGTHS = [7, 19, 3, 12, 1]
 

@@ -10,10 +10,10 @@ import torch
 from conftest import ALPACA_ROWS
 from test_train import recipe_file
 
-from sft_cli.batching import Collator, pack_bins, plan_batches
-from sft_cli.encode import IGNORE
-from sft_cli.recipe import load_recipe
-from sft_cli.train import prepare
+from sft_cli.encoding.encode import IGNORE
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.training.batching import Collator, pack_bins, plan_batches
+from sft_cli.training.run import prepare
 
 
 def test_pack_bins_best_fit_keeps_every_sequence_whole_and_fills_bins():

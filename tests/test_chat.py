@@ -8,12 +8,12 @@ import pytest
 from families import CHATS, FAMILIES, build_family_tokenizer
 from transformers import AutoTokenizer
 
-from sft_cli.chat import template_messages
-from sft_cli.data import Row, Rows, normalise
-from sft_cli.encode import IGNORE, encode_rows
+from sft_cli.data.rows import Row, Rows, normalise
+from sft_cli.encoding.chat import template_messages
+from sft_cli.encoding.encode import IGNORE, encode_rows
+from sft_cli.encoding.templates import render_options
 from sft_cli.errors import DataError
-from sft_cli.recipe import Recipe
-from sft_cli.templates import render_options
+from sft_cli.recipe.schema import Recipe
 
 
 @pytest.fixture(scope="session")
@@ -347,7 +347,7 @@ def test_control_mode_keeps_the_old_behaviour(family_tokenizers):
 
 
 def test_instruction_templates_keep_row_text_plain_too(tiny_path):
-    from sft_cli.encode import prepare_tokenizer
+    from sft_cli.encoding.encode import prepare_tokenizer
 
     recipe = Recipe.model_validate({"model": {"name": "x"}, "data": {"path": "x.jsonl"}, "template": "alpaca"})
     tokenizer = AutoTokenizer.from_pretrained(tiny_path)
@@ -365,7 +365,7 @@ def test_without_a_generation_config_stops_come_from_the_models_own_template(tin
     generation_config.json must still train gpt-oss's final channel through `<|return|>`."""
     from families import CHATS
 
-    from sft_cli.tokens import stop_tokens
+    from sft_cli.encoding.tokens import stop_tokens
 
     folder = build_family_tokenizer(FAMILIES[family], tiny_path, tmp_path / family)
     (folder / "generation_config.json").unlink()

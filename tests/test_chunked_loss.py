@@ -10,11 +10,11 @@ import torch
 from test_train import recipe_file
 from transformers import AutoModelForCausalLM
 
-import sft_cli.chunked_loss as chunked
-from sft_cli.chunked_loss import chunked_loss, head_of, hidden_states_out
-from sft_cli.encode import IGNORE
-from sft_cli.recipe import load_recipe
-from sft_cli.train import train
+import sft_cli.training.chunked_loss as chunked
+from sft_cli.encoding.encode import IGNORE
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.training.chunked_loss import chunked_loss, head_of, hidden_states_out
+from sft_cli.training.run import train
 
 
 def padding_free_batch(vocab: int, lengths=(9, 14, 5, 20), seed=0):

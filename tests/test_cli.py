@@ -11,7 +11,7 @@ import pytest
 from conftest import ALPACA_ROWS
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
+from sft_cli.cli.app import app
 
 runner = CliRunner()
 
@@ -112,7 +112,7 @@ def test_help_and_validate_do_not_import_torch_or_transformers(make_recipe, tiny
     recipe = make_recipe(tiny_path, trainer_args={"neftune_noise_alpha": 5})  # checked without importing TRL
     args = [str(recipe) if a == "RECIPE" else a for a in args]
     code = (
-        "import sys; from sft_cli.cli import app\n"
+        "import sys; from sft_cli.cli.app import app\n"
         f"try: app({args!r})\nexcept SystemExit as e: assert e.code in (0, None), e.code\n"
         "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets', 'peft') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
@@ -141,7 +141,7 @@ def test_example_configs_validate_and_preview(config, smollm2_path):
 def test_the_quickstart_selects_on_rows_it_neither_trains_on_nor_reports():
     """Early stopping and the kept checkpoint use data/tasks/valid.jsonl; the README's figures are scored on
     data/tasks/eval.jsonl, which must share no row with it or with the training rows."""
-    from sft_cli.recipe import load_recipe
+    from sft_cli.recipe.schema import load_recipe
 
     root = Path(__file__).parent.parent
     recipe = load_recipe(root / "configs" / "quickstart.yaml").recipe

@@ -10,8 +10,8 @@ import torch
 from test_train import metrics, recipe_file
 from transformers import AutoModelForCausalLM
 
-from sft_cli.recipe import load_recipe
-from sft_cli.train import train
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.training.run import train
 
 ROWS = [  # answers of many lengths: every padding-free batch has its own token count
     {"instruction": f"Count to {n}.", "input": "", "output": " ".join(str(i) for i in range(1, n + 1))}

@@ -8,9 +8,9 @@ import json
 import pytest
 from conftest import ALPACA_ROWS, write_jsonl
 
-from sft_cli.data import load_rows, normalise, read_records
+from sft_cli.data.rows import load_rows, normalise, read_records
 from sft_cli.errors import DataError
-from sft_cli.recipe import Recipe
+from sft_cli.recipe.schema import Recipe
 
 
 def recipe(path, **data) -> Recipe:

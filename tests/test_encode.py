@@ -7,11 +7,11 @@ import pytest
 from conftest import ALPACA_ROWS, CHAT_ROWS
 from transformers import AutoTokenizer
 
-from sft_cli.data import Row, Rows
-from sft_cli.encode import IGNORE, encode_rows, prepare_tokenizer
+from sft_cli.data.rows import Row, Rows
+from sft_cli.encoding.encode import IGNORE, encode_rows, prepare_tokenizer
+from sft_cli.encoding.templates import alpaca_to_messages, render_prompt
 from sft_cli.errors import DataError
-from sft_cli.recipe import Recipe
-from sft_cli.templates import alpaca_to_messages, render_prompt
+from sft_cli.recipe.schema import Recipe
 
 CUSTOM = {"prompt": "Q: {instruction} {input}\nA:", "response": " {output}", "special_tokens": ["<|sep|>"]}
 TEMPLATES = ["alpaca", "human_assistant", "special_tokens", "chat", "custom"]
@@ -23,7 +23,7 @@ def recipe_for(template, **fields) -> Recipe:
 
 
 def rows_of(records) -> Rows:
-    from sft_cli.data import normalise
+    from sft_cli.data.rows import normalise
 
     fmt = "messages" if "messages" in records[0] else "alpaca"
     return Rows([Row(i, normalise(r, fmt, {}, keep_extra=True)) for i, r in enumerate(records, 1)], "t.jsonl", fmt)

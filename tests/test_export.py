@@ -15,11 +15,11 @@ from families import FAMILIES, build_family_tokenizer
 from test_train import recipe_file
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
-from sft_cli.data import load_rows
-from sft_cli.generate import load_run, prompt_token_ids
-from sft_cli.recipe import load_recipe
-from sft_cli.train import train
+from sft_cli.cli.app import app
+from sft_cli.data.rows import load_rows
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.runs.generate import load_run, prompt_token_ids
+from sft_cli.training.run import train
 
 runner = CliRunner()
 MEMORISE = {"max_steps": 60, "learning_rate": 1e-2, "batch_size": 4}
@@ -242,9 +242,9 @@ def test_an_architecture_llama_cpp_cannot_convert_is_named(tiny_smollm, tmp_path
     """OPT loads in transformers (so --format hf works) but llama.cpp has no converter for it."""
     from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
 
-    from sft_cli.recipe import EncodingSpec
-    from sft_cli.recipe_sections import ModelSection
-    from sft_cli.run_record import RunRecord, write_record
+    from sft_cli.recipe.schema import EncodingSpec
+    from sft_cli.recipe.sections import ModelSection
+    from sft_cli.runs.record import RunRecord, write_record
 
     run = tmp_path / "opt-run"
     tokenizer = AutoTokenizer.from_pretrained(tiny_smollm)

@@ -21,7 +21,7 @@ import yaml
 from conftest import ALPACA_ROWS, CHAT_ROWS, write_jsonl
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
+from sft_cli.cli.app import app
 
 runner = CliRunner()
 SFT = [sys.executable, "-m", "sft_cli"]
@@ -187,9 +187,9 @@ def test_offline_hub_names_and_missing_local_files_fail_fast(tmp_path, tiny_path
     run = tmp_path / "run"
     if "RUN" in args:
         shutil.copytree(tiny_path, run)
-        from sft_cli.recipe import EncodingSpec
-        from sft_cli.recipe_sections import ModelSection
-        from sft_cli.run_record import RunRecord, write_record
+        from sft_cli.recipe.schema import EncodingSpec
+        from sft_cli.recipe.sections import ModelSection
+        from sft_cli.runs.record import RunRecord, write_record
 
         write_record(run, RunRecord(EncodingSpec(), ("<|im_end|>",), ModelSection(name=str(tiny_path))))
     args = [str(path) if a == "RECIPE" else str(run) if a == "RUN" else a for a in args]
@@ -412,10 +412,10 @@ def test_a_run_that_fails_mid_training_leaves_the_process_as_it_was(tmp_path, ti
     behind (the process lives on in notebooks and tests)."""
     import torch
 
-    from sft_cli.memory import CpuHeap
-    from sft_cli.recipe import load_recipe
-    from sft_cli.train import train
-    from sft_cli.trainer import SftTrainer
+    from sft_cli.recipe.schema import load_recipe
+    from sft_cli.training.memory import CpuHeap
+    from sft_cli.training.run import train
+    from sft_cli.training.trainer import SftTrainer
 
     stops, stop, step = [], CpuHeap.stop, SftTrainer.training_step
     monkeypatch.setattr(CpuHeap, "stop", lambda heap: (stops.append(heap), stop(heap)))

@@ -10,13 +10,13 @@ from conftest import ALPACA_ROWS, CHAT_ROWS, write_jsonl
 from test_train import recipe_file
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
-from sft_cli.data import load_rows
-from sft_cli.encode import IGNORE, encode_rows
-from sft_cli.evaluate import Score, eval_recipe
-from sft_cli.generate import Sampling, generate, load_run, prompt_token_ids
-from sft_cli.recipe import load_recipe
-from sft_cli.train import train
+from sft_cli.cli.app import app
+from sft_cli.data.rows import load_rows
+from sft_cli.encoding.encode import IGNORE, encode_rows
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.runs.evaluate import Score, eval_recipe
+from sft_cli.runs.generate import Sampling, generate, load_run, prompt_token_ids
+from sft_cli.training.run import train
 
 runner = CliRunner()
 MEMORISE = {"max_steps": 80, "learning_rate": 5e-3, "batch_size": 4}

@@ -12,12 +12,12 @@ import torch
 from test_train import recipe_file
 from typer.testing import CliRunner
 
-import sft_cli.memory as memory
-from sft_cli.cli import app
-from sft_cli.loading import load_model, load_model_skeleton
-from sft_cli.memory import MB, forecast, longest_batch, model_shape
-from sft_cli.recipe import load_recipe
-from sft_cli.train import train
+import sft_cli.training.memory as memory
+from sft_cli.cli.app import app
+from sft_cli.encoding.loading import load_model, load_model_skeleton
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.training.memory import MB, forecast, longest_batch, model_shape
+from sft_cli.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()

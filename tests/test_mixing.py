@@ -14,11 +14,11 @@ import yaml
 from conftest import write_jsonl
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
-from sft_cli.loading import load_tokenizer
-from sft_cli.mixing import prepare_mix, shares_of
-from sft_cli.recipe import load_recipe
-from sft_cli.train import train
+from sft_cli.cli.app import app
+from sft_cli.encoding.loading import load_tokenizer
+from sft_cli.encoding.mixing import prepare_mix, shares_of
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.training.run import train
 
 runner = CliRunner()
 SIZES = {"alpaca": 600, "qa": 400, "dialogues": 300}
@@ -204,8 +204,8 @@ def test_a_mixed_run_evaluates_each_source_and_all_of_them(tmp_path, tiny_smollm
 def test_a_hub_datasets_configuration_and_revision_are_recipe_keys_and_in_the_cache_key(
     tmp_path, tiny_path, monkeypatch
 ):
-    from sft_cli.prepared import fingerprint
-    from sft_cli.templates import render_options
+    from sft_cli.encoding.cache import fingerprint
+    from sft_cli.encoding.templates import render_options
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here: the revision stays as the recipe gives it
 

@@ -11,11 +11,11 @@ import yaml
 from conftest import ALPACA_ROWS, write_jsonl
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
+from sft_cli.cli.app import app
+from sft_cli.encoding.cache import prepare_split
+from sft_cli.encoding.loading import load_tokenizer
 from sft_cli.errors import DataError
-from sft_cli.loading import load_tokenizer
-from sft_cli.prepared import prepare_split
-from sft_cli.recipe import load_recipe
+from sft_cli.recipe.schema import load_recipe
 
 runner = CliRunner()
 MANY = [{"instruction": f"Add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)} for i in range(2500)]
@@ -157,7 +157,7 @@ def test_no_cache_keeps_nothing(tmp_path, tiny_path, isolated_cache):
 
 
 def test_preview_shows_examples_before_the_dataset_is_encoded(tmp_path, tiny_path):
-    from sft_cli.preview import build_preview
+    from sft_cli.encoding.preview import build_preview
     from sft_cli.progress import Progress
 
     events = []

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
+from sft_cli.cli.app import app
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from sft_cli.errors import RecipeError
-from sft_cli.recipe import load_recipe
-from sft_cli.recipe_yaml import apply_overrides, parse_override
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.recipe.yaml_lines import apply_overrides, parse_override
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from sft_cli.errors import SftError
-from sft_cli.recipe import EncodingSpec
-from sft_cli.recipe_sections import CustomTemplate, ModelSection
-from sft_cli.run_record import TEMPLATE_FILE, RunRecord, read_record, write_record
+from sft_cli.recipe.schema import EncodingSpec
+from sft_cli.recipe.sections import CustomTemplate, ModelSection
+from sft_cli.runs.record import TEMPLATE_FILE, RunRecord, read_record, write_record
 
 # sft_template.json exactly as releases before the format version wrote it (flat contract fields)
 VERSION_1 = {

@@ -15,9 +15,9 @@ import yaml
 from conftest import ALPACA_ROWS, ROOT, write_jsonl
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
-from sft_cli.recipe_sections import ModelSection
-from sft_cli.smoke import STAGES
+from sft_cli.cli.app import app
+from sft_cli.recipe.sections import ModelSection
+from sft_cli.smoke.pipeline import STAGES
 
 runner = CliRunner()
 
@@ -123,7 +123,7 @@ def family_source(tmp_path: Path, tiny_path: Path, name: str) -> Path:
 def test_the_tiny_model_keeps_the_architecture_vocabulary_special_tokens_and_template(tmp_path, tiny_path, source):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from sft_cli.smoke_model import KEPT, tiny_model
+    from sft_cli.smoke.model import KEPT, tiny_model
 
     folder = {"smollm2": ROOT / "fixtures" / "smollm2-135m", "tiny": tiny_path}.get(source)
     folder = folder or family_source(tmp_path, tiny_path, source)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sft_cli.recipe_sections import CustomTemplate
-from sft_cli.rendered import Rendered
-from sft_cli.templates import render, render_prompt
+from sft_cli.encoding.rendered import Rendered
+from sft_cli.encoding.templates import render, render_prompt
+from sft_cli.recipe.sections import CustomTemplate
 
 ROW = {"instruction": "Answer the question.", "input": "Which is the largest ocean?", "output": "The Pacific Ocean."}
 NO_INPUT = {**ROW, "input": ""}
@@ -73,7 +73,7 @@ def test_custom_template_unknown_field_is_a_clear_error():
 
 
 def test_rendered_prompt_of_multi_answer_is_before_last_answer():
-    from sft_cli.rendered import Segment
+    from sft_cli.encoding.rendered import Segment
 
     r = Rendered((Segment("u1", "prompt"), Segment("a1", "answer"), Segment("u2", "prompt"), Segment("a2", "answer")))
     assert r.prompt == "u1a1u2"

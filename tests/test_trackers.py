@@ -11,10 +11,10 @@ import yaml
 from test_mixing import SIZES, mixed_recipe, sources, write_sources
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
-from sft_cli.recipe import load_recipe
-from sft_cli.trackers import _wandb_logged_in, metric_names
-from sft_cli.train import train
+from sft_cli.cli.app import app
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.training.run import train
+from sft_cli.training.trackers import _wandb_logged_in, metric_names
 
 runner = CliRunner()
 

@@ -15,10 +15,10 @@ from conftest import ALPACA_ROWS, write_jsonl
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
-from sft_cli.encode import IGNORE
-from sft_cli.recipe import load_recipe
-from sft_cli.train import prepare, train
+from sft_cli.cli.app import app
+from sft_cli.encoding.encode import IGNORE
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.training.run import prepare, train
 
 runner = CliRunner()
 REPEATED = ALPACA_ROWS * 4

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from test_train import recipe_file
 
-from sft_cli.callbacks import RunState, make_callbacks
 from sft_cli.progress import Progress
-from sft_cli.recipe import load_recipe
-from sft_cli.recipe_sections import TrainingSection
-from sft_cli.train_setup import layout, pick_precision, sft_config
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.recipe.sections import TrainingSection
+from sft_cli.training.callbacks import RunState, make_callbacks
+from sft_cli.training.setup import layout, pick_precision, sft_config
 
 # every training field set away from its default; value in the recipe -> what SFTConfig must hold
 NON_DEFAULT = {

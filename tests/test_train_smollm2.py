@@ -10,8 +10,8 @@ import torch
 from conftest import FIXTURES
 from test_train import recipe_file
 
-from sft_cli.recipe import load_recipe
-from sft_cli.train import train
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.training.run import train
 
 pytestmark = pytest.mark.slow
 GGUF = FIXTURES / "smollm2-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"

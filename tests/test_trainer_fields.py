@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from sft_cli.cli import app
+from sft_cli.cli.app import app
 from sft_cli.errors import RecipeError
-from sft_cli.train_setup import trainer_arg_names
-from sft_cli.trainer_fields import check_trainer_args, source_field_names
+from sft_cli.recipe.trainer_fields import check_trainer_args, source_field_names
+from sft_cli.training.setup import trainer_arg_names
 
 
 def test_names_read_from_sources_equal_the_real_dataclass_fields():

@@ -14,15 +14,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sft_cli.chat import template_messages
-from sft_cli.data import Row, load_rows
+from sft_cli.data.rows import Row, load_rows
+from sft_cli.encoding.chat import template_messages
+from sft_cli.encoding.templates import chat_row
 from sft_cli.errors import SftError
-from sft_cli.evaluate import file_rows
 from sft_cli.export.prompt_format import user_message
-from sft_cli.generate import LoadedRun, Sampling, generate_ids, pad_id, prompt_token_ids, stop_ids
-from sft_cli.recipe import load_recipe
-from sft_cli.run_record import RECIPE_FILE
-from sft_cli.templates import chat_row
+from sft_cli.recipe.schema import load_recipe
+from sft_cli.runs.evaluate import file_rows
+from sft_cli.runs.generate import LoadedRun, Sampling, generate_ids, pad_id, prompt_token_ids, stop_ids
+from sft_cli.runs.record import RECIPE_FILE
 
 
 @dataclass

@@ -19,9 +19,9 @@ from sft_cli.export.job import ExportJob, Format
 from sft_cli.export.llama_cpp import OUTTYPES, bindings_version
 from sft_cli.export.ollama import export_ollama
 from sft_cli.folders import guard_output
-from sft_cli.generate import load_run, stop_ids
 from sft_cli.progress import Progress
-from sft_cli.run_record import TEMPLATE_FILE, read_record
+from sft_cli.runs.generate import load_run, stop_ids
+from sft_cli.runs.record import TEMPLATE_FILE, read_record
 
 FORMATS = {
     f.name: f

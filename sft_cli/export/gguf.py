@@ -10,7 +10,7 @@ from sft_cli.export.check import CheckReport, check_gguf
 from sft_cli.export.hf import write_hf_folder
 from sft_cli.export.job import ExportJob
 from sft_cli.export.llama_cpp import add_stop_tokens, bindings_version, convert
-from sft_cli.generate import stop_ids
+from sft_cli.runs.generate import stop_ids
 
 
 def gguf_path(job: ExportJob) -> Path:

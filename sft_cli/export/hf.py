@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from sft_cli.encode import special_prefix
+from sft_cli.encoding.encode import special_prefix
 from sft_cli.export.check import CheckReport, check_hf
 from sft_cli.export.job import ExportJob
 from sft_cli.export.prompt_format import jinja_chat_template
-from sft_cli.generate import LoadedRun, pad_id, stop_ids
-from sft_cli.run_record import write_record
+from sft_cli.runs.generate import LoadedRun, pad_id, stop_ids
+from sft_cli.runs.record import write_record
 
 FLOAT_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sft_cli.generate import LoadedRun
 from sft_cli.progress import Progress
+from sft_cli.runs.generate import LoadedRun
 
 if TYPE_CHECKING:
-    from sft_cli.data import Row
+    from sft_cli.data.rows import Row
     from sft_cli.export.check import CheckReport
 
 

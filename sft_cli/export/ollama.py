@@ -9,7 +9,7 @@ from sft_cli.export.check import CheckReport
 from sft_cli.export.gguf import export_gguf, gguf_path
 from sft_cli.export.job import ExportJob
 from sft_cli.export.prompt_format import ollama_template
-from sft_cli.generate import LoadedRun
+from sft_cli.runs.generate import LoadedRun
 
 
 def modelfile(gguf_name: str, run: LoadedRun, stops: list[str]) -> str:

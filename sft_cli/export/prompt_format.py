@@ -23,9 +23,9 @@ import json
 import string
 from dataclasses import dataclass
 
-from sft_cli.recipe import EncodingSpec
-from sft_cli.recipe_sections import CustomTemplate
-from sft_cli.templates import INSTRUCTION_MARKERS
+from sft_cli.encoding.templates import INSTRUCTION_MARKERS
+from sft_cli.recipe.schema import EncodingSpec
+from sft_cli.recipe.sections import CustomTemplate
 
 SYSTEM_REFUSED = "this model was fine-tuned with an instruction template that has no system message"
 

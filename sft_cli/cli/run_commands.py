@@ -1,0 +1,203 @@
+"""The commands on a run folder: generate, chat, eval, merge, export. app.py registers them (after the recipe
+commands, so `sft --help` lists them in the order a user meets them)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from sft_cli.cli.common import err, out, quiet_libraries
+from sft_cli.errors import SftError
+
+RunArg = typer.Argument(
+    ..., help="A run folder written by `sft train` (or `sft merge`, `sft export --format hf`).", show_default=False
+)
+MaxNewOpt = typer.Option(128, "--max-new-tokens", min=1, help="Longest answer in tokens.")
+TemperatureOpt = typer.Option(0.0, "--temperature", min=0.0, help="0 is greedy; above 0 samples.")
+TopPOpt = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling share (with --temperature).")
+
+
+def generate(
+    run_dir: Path = RunArg,
+    instruction: str | None = typer.Argument(None, help="The instruction (or use --file)."),
+    input_text: str = typer.Option("", "--input", help="The input field, when the task has one."),
+    file: Path | None = typer.Option(None, "--file", help="Rows (jsonl/json/csv) to answer, in the training format."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="With --file: write rows + `generated` here."),
+    max_new_tokens: int = MaxNewOpt,
+    temperature: float = TemperatureOpt,
+    top_p: float = TopPOpt,
+) -> None:
+    """Answer with a trained model, prompted exactly as in training (same template, same tokenization)."""
+    from sft_cli.data.rows import rows_to_answer
+    from sft_cli.runs.generate import Sampling, load_run
+    from sft_cli.runs.generate import generate as generate_answers
+
+    if (instruction is None) == (file is None):
+        raise SftError(
+            "give an instruction or --file, not both", hint='sft generate RUN "Reverse the word." --input stone'
+        )
+    if output and output.exists():
+        raise SftError(f"{output} already exists", hint="pick another --output")
+    quiet_libraries()
+    run = load_run(run_dir)
+    sampling = Sampling(max_new_tokens, temperature, top_p)
+    if instruction is not None:
+        out.print(
+            generate_answers(run, [{"instruction": instruction, "input": input_text}], sampling)[0],
+            highlight=False,
+            markup=False,
+        )
+        return
+    records, rows = rows_to_answer(str(file))
+    answers = generate_answers(run, rows, sampling)
+    lines = [
+        json.dumps({**record, "generated": answer}, ensure_ascii=False) for record, answer in zip(records, answers)
+    ]
+    if output:
+        output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        out.print(f"wrote {len(lines)} rows to {output}")
+    else:
+        sys.stdout.write("\n".join(lines) + "\n")
+
+
+def chat(
+    run_dir: Path = RunArg,
+    max_new_tokens: int = MaxNewOpt,
+    temperature: float = TemperatureOpt,
+    top_p: float = TopPOpt,
+    system: str = typer.Option("", "--system", help="A system message (chat-template runs)."),
+) -> None:
+    """Talk to a trained model: multi-turn for chat-template runs, one instruction per line otherwise.
+    /reset clears the history, /exit (or end of input) quits."""
+    from sft_cli.runs.generate import Sampling, load_run
+    from sft_cli.runs.generate import generate as generate_answers
+
+    quiet_libraries()
+    run = load_run(run_dir)
+    sampling = Sampling(max_new_tokens, temperature, top_p)
+    multi_turn = run.template == "chat"
+    start = [{"role": "system", "content": system}] if system and multi_turn else []
+    history = list(start)
+    out.print(
+        f"chatting with {run_dir} ({'multi-turn' if multi_turn else 'one instruction per line'}); /reset, /exit",
+        highlight=False,
+    )
+    for line in sys.stdin:
+        text = line.strip()
+        if text == "/exit":
+            break
+        if text == "/reset":
+            history = list(start)
+            continue
+        if not text:
+            continue
+        if multi_turn:
+            history.append({"role": "user", "content": text})
+            row = {"messages": history + [{"role": "assistant", "content": ""}]}
+        else:
+            row = {"instruction": text, "input": ""}
+        answer = generate_answers(run, [row], sampling)[0]
+        if multi_turn:
+            history.append({"role": "assistant", "content": answer})
+        out.print(f"> {answer}", highlight=False, markup=False)
+
+
+def eval(
+    run_dir: Path = RunArg,
+    data: list[Path] = typer.Option(
+        ..., "--data", help="Rows with answers (same format as training); repeat for per-file scores."
+    ),
+    base: bool = typer.Option(False, "--base", help="Also evaluate the untouched base model, side by side."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest generated answer."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Answer-token loss and perplexity, exact match and containment, overall and per `task` column."""
+    from sft_cli.cli.view import ProgressView
+    from sft_cli.runs.evaluate import evaluate
+    from sft_cli.runs.generate import Sampling
+
+    for path in data:
+        if not path.exists():
+            raise SftError(f"--data: not found: {path}")
+    quiet_libraries()
+    results = []
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    progress = ProgressView(err)
+    for is_base in ([True] if base else []) + [False]:
+        progress.start("base model" if is_base else "tuned model")
+        try:
+            results.append(
+                evaluate(run_dir, data, base=is_base, limit=limit, sampling=sampling, on_batch=progress.advance)
+            )
+        finally:
+            progress.stop()
+    if as_json:
+        sys.stdout.write(json.dumps({"results": [r.as_dict() for r in results]}, ensure_ascii=False) + "\n")
+        return
+    from sft_cli.cli.view import render_eval
+
+    render_eval(out, results)
+
+
+def merge(
+    run_dir: Path = RunArg,
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged model."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
+) -> None:
+    """Merge a LoRA run's adapter into its base: a standard folder any transformers user can load."""
+    from sft_cli.export.merge import merge_run
+
+    quiet_libraries()
+    target = merge_run(run_dir, output, overwrite)
+    out.print(f"[green]✓[/] merged model in {target}", highlight=False)
+
+
+def export(
+    run_dir: Path = RunArg,
+    format: str = typer.Option(..., "--format", "-f", help="hf (transformers, vLLM, TGI) | gguf (llama.cpp) | ollama"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Folder to write; default RUN-FORMAT[-DTYPE]."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="f32 | f16 | bf16, and q8_0 for GGUF; default: as trained for hf, f16 for GGUF."
+    ),
+    check: int = typer.Option(
+        16,
+        "--check",
+        min=0,
+        help="Rows to check (of --check-data, else the run's eval data, else its train data): prompt ids, "
+        "greedy answer and stop through the export's own runtime.",
+    ),
+    check_data: Path | None = typer.Option(
+        None, "--check-data", help="Check on the rows of this file (e.g. held-out rows), read as `sft eval` reads it."
+    ),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the check (the export is then unverified)."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Longest answer the check generates."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    as_json: bool = typer.Option(False, "--json", help="The export report as one JSON document on stdout."),
+) -> None:
+    """Export a run where users run models, with the prompt format and stop tokens it was trained with, checked
+    to answer as `sft generate` does. A LoRA run is merged first; the run folder is never changed."""
+    from sft_cli.cli.view import ProgressView, render_export
+    from sft_cli.export.exporter import export_run
+
+    quiet_libraries()
+    result = export_run(
+        run_dir,
+        format,
+        output,
+        dtype,
+        overwrite=overwrite,
+        check=0 if no_check else check,
+        check_data=check_data,
+        max_new_tokens=max_new_tokens,
+        progress=ProgressView(err),
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+    else:
+        render_export(out, result)
+    if not result.verified:
+        raise typer.Exit(1)

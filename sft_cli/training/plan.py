@@ -1,0 +1,104 @@
+"""What a run will do, known before any step: printed by `sft train --dry-run` and recorded in run.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sft_cli.encoding.mixing import Mix
+from sft_cli.encoding.templates import extra_special_tokens
+from sft_cli.recipe.schema import Recipe
+from sft_cli.runs.folder import RunFolder
+from sft_cli.training.batching import BatchPlan
+from sft_cli.training.chunked_loss import head_of
+from sft_cli.training.memory import memory_warning, run_forecast, trained_share
+from sft_cli.training.setup import no_gpu
+
+
+@dataclass
+class Plan:
+    """What a run will do, known before any step: printed by --dry-run and recorded in run.json."""
+
+    run_dir: Path
+    device: str
+    precision: str
+    world_size: int
+    train_examples: int
+    eval_examples: int
+    train_tokens: int
+    trained_tokens: int
+    steps: int
+    dropped: int
+    truncated: int
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    new_tokens: list[str] = field(default_factory=list)
+    resume_from: str | None = None
+    batching: dict = field(default_factory=dict)  # layout, tokens per step, padding share, packing efficiency
+    attention: str = ""  # the attention implementation training runs with
+    loss: str = ""  # how the loss is computed: chunked (trained tokens only), full logits, or TRL's fused head
+    prepared: dict = field(default_factory=dict)  # per split: fingerprint, whether the cache had it, folder
+    sources: list = field(default_factory=list)  # each source's examples, share, tokens (and hub revision)
+    memory: dict = field(default_factory=dict)  # the peak memory forecast per process (memory.py)
+    memory_warning: str | None = None  # when the forecast fills more than 90% of the device's memory
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def make_plan(
+    recipe: Recipe,
+    run_folder: RunFolder,
+    device: str,
+    precision: str,
+    world: int,
+    mix: Mix,
+    batch_plan: BatchPlan,
+    lengths: list[int],
+    model,
+    attention: str,
+    runtime: int,
+) -> Plan:
+    """The plan from the setup stages' results: the sources' mix, the batch plan, the model, and the process's
+    resident memory before the model loaded (`runtime`)."""
+    t = recipe.training
+    train, evaluation = mix.stats("train"), mix.stats("eval")
+    per_step = t.batch_size * t.gradient_accumulation_steps * world
+    steps = t.max_steps or max(1, int(-(-batch_plan.items // per_step) * t.epochs))
+    memory = run_forecast(recipe, model, lengths, trained_share(mix), runtime)
+    return Plan(
+        run_dir=run_folder.path,
+        device=device,
+        precision=precision,
+        world_size=world,
+        train_examples=mix.examples,
+        eval_examples=evaluation.examples,
+        train_tokens=sum(p.tokens for p in mix.parts),
+        trained_tokens=sum(p.trained_tokens for p in mix.parts),
+        steps=steps,
+        dropped=train.dropped,
+        truncated=train.truncated,
+        resume_from=run_folder.resume_from,
+        prepared={
+            split: {"fingerprint": p.fingerprint, "cached": p.cached, "folder": str(p.folder)}
+            for split, p in mix.prepared().items()
+        },
+        sources=mix.shares(),
+        batching=batch_plan.__dict__,
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_parameters=sum(p.numel() for p in model.parameters()),
+        new_tokens=extra_special_tokens(recipe.template),
+        attention=attention,
+        loss=loss_kind(recipe, model, world),
+        memory=memory.as_dict(),
+        memory_warning=memory_warning(memory),
+    )
+
+
+def loss_kind(recipe: Recipe, model, processes: int) -> str:
+    """How the trainer computes the loss (see trainer.py)."""
+    if not no_gpu():
+        return "TRL fused LM head"
+    chunked = recipe.training.chunked_loss and processes == 1 and head_of(model) is not None
+    return "chunked" if chunked else "full logits"

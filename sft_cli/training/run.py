@@ -1,0 +1,421 @@
+"""`sft train`: recipe -> encoded dataset -> TRL SFTTrainer (+PEFT, +Accelerate) -> a complete run folder.
+
+Read top to bottom, torchtune's way: `prepare` runs the named setup stages (run folder, data, model, trainer), each
+returning one object, so everything that can fail fails before the first step; `run` trains and saves. Batches come
+from `batching.py` (padding-free by default) with the attention of `attention.py`. The dataset handed to TRL is the
+output of `encode_rows`, the function `sft preview` shows; TRL is told to skip its own preparation, so it neither
+re-tokenizes nor re-masks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sft_cli.encoding.loading import load_model, load_tokenizer
+from sft_cli.encoding.mixing import Mix, prepare_mix
+from sft_cli.encoding.rendered import RenderOptions
+from sft_cli.encoding.templates import extra_special_tokens, render_options
+from sft_cli.errors import SftError
+from sft_cli.progress import Progress
+from sft_cli.recipe.schema import LoadedRecipe, Recipe
+from sft_cli.recipe.trainer_fields import check_trainer_args
+from sft_cli.runs.folder import (
+    RunFolder,
+    RunLock,
+    choose_run_dir,
+    clear_for_overwrite,
+    disk_full,
+    save_final_model,
+    trim_metrics,
+    write_run_files,
+)
+from sft_cli.runs.record import RunRecord
+from sft_cli.training.attention import restore_attention, use_sequence_attention
+from sft_cli.training.batching import BatchPlan, Collator, bins_dataset, plan_batches, sequence_lengths
+from sft_cli.training.callbacks import RunState, make_callbacks
+from sft_cli.training.memory import MB, measured_peak, resident_bytes
+from sft_cli.training.plan import Plan, make_plan
+from sft_cli.training.setup import (
+    checkpoint_step,
+    compile_counts,
+    compile_decoder_layers,
+    distributed_state,
+    gathered,
+    layout,
+    lora_model,
+    no_gpu,
+    pick_precision,
+    quantization,
+    sft_config,
+    trainer_arg_names,
+)
+from sft_cli.training.trackers import Trackers, check_trackers
+
+
+@dataclass
+class TrainingData:
+    """The run's tokenizer and render options (computed once), its sources' prepared splits and their mix, and the
+    train batches."""
+
+    tokenizer: Any
+    options: RenderOptions
+    mix: Mix
+    train_rows: Any  # datasets.Dataset, memory-mapped, opened once
+    eval_rows: Any | None  # one eval set, or {source label: eval set} for several sources
+    batch_plan: BatchPlan
+    lengths: list[int]  # of every train example, in tokens
+    bins: list[list[int]] | None  # packed bins of train row indices, when packing
+    temporary: str | None  # under --no-cache, the prepared data's folder, removed when the run ends
+
+
+@dataclass
+class TrainingModel:
+    """The model as it trains, and the attention it was loaded with (restored before saving: a saved model must
+    not need sft's attention)."""
+
+    model: Any
+    attention: str
+    loaded_attention: str
+    runtime: int  # the process's resident bytes before the model loaded (the memory forecast's runtime part)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    plan: Plan
+    stop_reason: str
+    resume_command: str | None = None
+
+
+@dataclass
+class Session:
+    """A prepared run: everything loaded and checked, the trainer built, nothing trained yet."""
+
+    loaded: LoadedRecipe
+    plan: Plan
+    data: TrainingData
+    model: TrainingModel
+    trainer: Any = None
+    collator: Any = None
+    state: RunState = field(default_factory=RunState)
+    is_main: bool = True
+    overwrite: bool = False
+    progress: Progress = field(default_factory=Progress)
+    lock: RunLock | None = None  # the main process's hold on the run folder
+    trackers: Trackers | None = None  # the main process's experiment trackers
+
+    @property
+    def tokenizer(self):
+        return self.data.tokenizer
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def discard_temporary(self) -> None:
+        if self.data.temporary and self.is_main:
+            shutil.rmtree(self.data.temporary, ignore_errors=True)
+
+
+# --- setup stages ----------------------------------------------------------------------------------------
+
+
+def setup_run_folder(
+    loaded: LoadedRecipe, distributed, resume: bool, overwrite: bool
+) -> tuple[RunFolder, RunLock | None]:
+    """Decided once on the main process (a default folder name holds a timestamp), shared by every rank; the
+    main process holds the folder's lock."""
+    from accelerate.utils import broadcast_object_list
+
+    decided = [choose_run_dir(loaded, resume, overwrite) if distributed.is_main_process else None]
+    try:
+        folder, lock = broadcast_object_list(decided)[0] if distributed.num_processes > 1 else decided[0]
+    except TypeError:  # rank 0 raised; the others stop quietly, rank 0 explains
+        raise SystemExit(2) from None
+    return folder, lock if distributed.is_main_process else None
+
+
+def setup_data(recipe: Recipe, distributed, no_cache: bool, progress: Progress) -> TrainingData:
+    """The same rows and the same encode function as `sft preview`, prepared once and cached. The main process
+    encodes (or finds the cache) first; the others then read what it wrote, so a multi-process run encodes once.
+    With `no_cache` the main process encodes into a temporary folder that every rank reads and the main process
+    removes at the end."""
+    from accelerate.utils import broadcast_object_list
+
+    tokenizer = load_tokenizer(recipe)
+    options = render_options(recipe, tokenizer)
+    root = [tempfile.mkdtemp(prefix="sft-prepared-") if no_cache and distributed.is_main_process else None]
+    if distributed.num_processes > 1:
+        root = broadcast_object_list(root)
+    with distributed.main_process_first():
+        mix = prepare_mix(
+            recipe,
+            tokenizer,
+            ("train", "eval"),
+            cache=not no_cache,
+            root=root[0],
+            progress=progress if distributed.is_main_process else Progress(),
+            options=options,
+        )
+    if not mix.examples:
+        raise SftError(
+            "no training examples left after encoding",
+            hint="run `sft preview` to see why rows were dropped (max_length, on_overflow)",
+        )
+    if distributed.is_main_process:
+        for warning in mix.warnings():
+            progress.note(f"warning: {warning}")
+    t = recipe.training
+    train_rows = mix.train_dataset().remove_columns(["truncated"])
+    eval_rows = mix.eval_datasets()
+    if isinstance(eval_rows, dict):
+        eval_rows = {label: rows.remove_columns(["truncated"]) for label, rows in eval_rows.items()}
+    elif eval_rows is not None:
+        eval_rows = eval_rows.remove_columns(["truncated"])
+    lengths = sequence_lengths(train_rows)
+    batch_plan, bins = plan_batches(
+        lengths,
+        t.batch_size,
+        t.gradient_accumulation_steps,
+        layout(recipe),
+        recipe.max_length,
+        t.seed,
+    )
+    return TrainingData(tokenizer, options, mix, train_rows, eval_rows, batch_plan, lengths, bins, root[0])
+
+
+def setup_model(recipe: Recipe, precision: str, tokenizer, quantization_config) -> TrainingModel:
+    """The model in its training precision, with per-sequence attention for padding-free batches and LoRA
+    adapters when asked; the template's special tokens get embedding rows (trained under LoRA too)."""
+    import torch
+
+    # fp16 mixed precision keeps fp32 master weights; bf16 trains in bf16
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    runtime = resident_bytes()
+    model = load_model(recipe.model, dtype, quantization_config, len(tokenizer))
+    loaded_attention = model.config._attn_implementation
+    attention = use_sequence_attention(model) if recipe.training.padding_free else loaded_attention
+    if recipe.lora:
+        new_ids = tokenizer.convert_tokens_to_ids(extra_special_tokens(recipe.template))
+        model = lora_model(model, recipe, new_ids)
+    if recipe.training.compile:
+        compile_decoder_layers(model)
+    return TrainingModel(model, attention, loaded_attention, runtime)
+
+
+def setup_trainer(
+    recipe: Recipe,
+    run_folder: RunFolder,
+    plan: Plan,
+    data: TrainingData,
+    model: TrainingModel,
+    state: RunState,
+    progress: Progress,
+    trackers: Trackers | None,
+):
+    """TRL's SFTTrainer on the prepared rows, with sft's collator, callbacks and loss; `trackers` on the main
+    process only."""
+    from transformers import PrinterCallback
+
+    from sft_cli.training.trainer import SftTrainer
+
+    padding_free = recipe.training.padding_free
+    trainer = SftTrainer(
+        model=model.model,
+        fused_loss=not no_gpu(),
+        chunked_loss=recipe.training.chunked_loss,
+        args=sft_config(recipe, run_folder.path, plan.precision, data.eval_rows is not None, padding_free),
+        train_dataset=bins_dataset(data.bins) if data.bins is not None else data.train_rows,
+        eval_dataset=data.eval_rows,
+        processing_class=data.tokenizer,
+        data_collator=Collator(data.tokenizer.pad_token_id, padding_free=padding_free, source=data.train_rows),
+        callbacks=make_callbacks(
+            recipe, run_folder.path, progress, trackers is not None, state, trackers, plan.memory["forecast_mb"] * MB
+        ),
+    )
+    trainer.remove_callback(PrinterCallback)  # our progress view replaces the raw log dicts
+    return trainer
+
+
+def prepare(
+    loaded: LoadedRecipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    stop_at_step: int | None = None,
+    no_cache: bool = False,
+) -> Session:
+    """Run the setup stages: everything that can fail fails here, before the first step; the trainer is built
+    unless dry_run. `stop_at_step` delivers a real Ctrl-C at that step (tests of interrupt and resume use it)."""
+    progress = progress or Progress()
+    recipe = loaded.recipe
+    check_trainer_args(recipe.trainer_args, trainer_arg_names(), str(loaded.path))
+    check_trackers(recipe.training.report_to, str(loaded.path))
+    distributed = distributed_state()
+    run_folder, lock = setup_run_folder(loaded, distributed, resume, overwrite)
+    try:
+        return _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, stop_at_step, no_cache)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, stop_at_step, no_cache) -> Session:
+    """The stages after the run folder is held (see `prepare`)."""
+    recipe = loaded.recipe
+    device, precision = pick_precision(recipe.training.precision)
+    quantization_config = quantization(recipe)  # QLoRA without a GPU fails here, before any encoding
+    data = setup_data(recipe, distributed, no_cache, progress)
+    model = setup_model(recipe, precision, data.tokenizer, quantization_config)
+    plan = make_plan(
+        recipe,
+        run_folder,
+        device,
+        precision,
+        distributed.num_processes,
+        data.mix,
+        data.batch_plan,
+        data.lengths,
+        model.model,
+        model.attention,
+        model.runtime,
+    )
+    if plan.memory_warning and distributed.is_main_process:
+        progress.note(f"warning: {plan.memory_warning}")
+    session = Session(
+        loaded,
+        plan,
+        data,
+        model,
+        state=RunState(stop_at_step=stop_at_step),
+        is_main=distributed.is_main_process,
+        overwrite=overwrite,
+        progress=progress,
+        lock=lock,
+    )
+    if dry_run:
+        session.discard_temporary()
+        session.release()
+        return session
+    if session.is_main:
+        session.trackers = Trackers(
+            recipe.training.report_to,
+            run_folder.path,
+            recipe.training.tracker_project or loaded.name,
+            checkpoint_step(run_folder.resume_from),
+        )
+    session.trainer = setup_trainer(recipe, run_folder, plan, data, model, session.state, progress, session.trackers)
+    session.collator = session.trainer.data_collator
+    return session
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def run(session: Session, argv: list[str] | None = None) -> RunResult:
+    """Train a prepared session, then save everything (rank 0 only); the run folder's lock is released at the
+    end, however the run ends."""
+    try:
+        return _run(session, argv)
+    except BaseException as error:
+        if session.trackers is not None:
+            session.trackers.fail()
+        full = disk_full(session.plan.run_dir, error) if isinstance(error, (OSError, RuntimeError)) else None
+        if full is None:  # torch reports a full disk as a RuntimeError of its zip writer
+            raise
+        raise full from None
+    finally:
+        session.release()
+
+
+def _run(session: Session, argv: list[str] | None) -> RunResult:
+    plan, trainer, loaded = session.plan, session.trainer, session.loaded
+    run_dir = plan.run_dir
+    if session.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if session.overwrite and not plan.resume_from:
+            clear_for_overwrite(run_dir)
+        if plan.resume_from:
+            trim_metrics(run_dir, plan.resume_from)
+        session.progress.note(
+            f"run folder {run_dir} | {plan.device} | {plan.precision} | {plan.train_examples} "
+            f"examples | {plan.steps} steps | {plan.trainable_parameters:,} trainable parameters"
+        )
+    if session.trackers is not None:
+        session.trackers.start(loaded.recipe.model_dump(mode="json"), plan.as_dict())
+    distributed_state().wait_for_everyone()
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=plan.resume_from)
+    finally:  # a run ending in an exception skips on_train_end
+        session.state.restore_process()
+    wall = time.perf_counter() - started
+    rows_by_rank = gathered(session.collator.first_rows or [])
+    prepared_by_rank = gathered({split: "cache" if p["cached"] else "encoded" for split, p in plan.prepared.items()})
+
+    if session.state.interrupted:
+        stop_reason = "interrupted"
+    elif trainer.state.global_step < trainer.state.max_steps:
+        stop_reason = "early_stopping"
+    else:
+        stop_reason = "completed"
+    result = RunResult(run_dir, plan, stop_reason)
+    if stop_reason == "interrupted":
+        command = " ".join(argv or ["sft", "train", str(loaded.path)])
+        if "--resume" not in command:
+            command += f" --resume --set output.dir={run_dir}"
+        result.resume_command = command
+    restore_attention(trainer.model, session.model.loaded_attention)
+    if session.is_main:
+        if stop_reason != "interrupted":
+            save_final_model(run_dir, trainer.model, session.tokenizer, run_record(loaded.recipe, session.data))
+        facts = run_facts(session, result, wall, rows_by_rank, prepared_by_rank)
+        write_run_files(run_dir, loaded.recipe, facts)
+        if session.trackers is not None:
+            session.trackers.finish(facts)
+    distributed_state().wait_for_everyone()
+    session.discard_temporary()
+    return result
+
+
+def train(loaded: LoadedRecipe, *, argv: list[str] | None = None, **options) -> RunResult:
+    """Run a recipe end to end (options as for `prepare`)."""
+    session = prepare(loaded, **options)
+    if options.get("dry_run"):
+        return RunResult(session.plan.run_dir, session.plan, "dry_run")
+    return run(session, argv)
+
+
+def run_record(recipe: Recipe, data: TrainingData) -> RunRecord:
+    """The contract the model was trained under, with the stop tokens it learned to end on."""
+    return RunRecord(recipe.encoding, data.options.stop_tokens, recipe.model, lora=bool(recipe.lora))
+
+
+def run_facts(session: Session, result: RunResult, wall: float, rows_by_rank: list, prepared_by_rank: list) -> dict:
+    """What run.json says of a run besides its recipe and versions."""
+    state, trainer = session.state, session.trainer
+    seconds = state.train_seconds or wall
+    return {
+        "stop_reason": result.stop_reason,
+        "plan": result.plan.as_dict(),
+        "global_step": trainer.state.global_step,
+        "best_metric": trainer.state.best_metric,
+        "eval": state.last_eval,
+        "wall_seconds": round(wall, 2),
+        "tokens_seen": state.tokens_seen,
+        "tokens_per_s": round(state.tokens_seen / seconds, 1) if seconds else None,
+        "first_batch_rows_by_rank": rows_by_rank,
+        "prepared_by_rank": prepared_by_rank,
+        "resume_command": result.resume_command,
+        "memory": {"forecast_mb": result.plan.memory.get("forecast_mb"), **measured_peak()},
+        "compile": compile_counts() if session.loaded.recipe.training.compile else None,
+    }
