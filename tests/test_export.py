@@ -232,8 +232,10 @@ def test_an_incomplete_run_or_an_existing_output_is_refused(alpaca_run, tmp_path
     result = runner.invoke(app, ["export", str(incomplete), "--format", "hf"])
     assert result.exit_code == 2 and "no final model" in result.output and "--resume" in result.output
     (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "export.json").write_text("{}")  # an earlier export
     result = runner.invoke(app, ["export", str(alpaca_run), "--format", "hf", "--output", str(tmp_path / "taken")])
-    assert result.exit_code == 2 and "already exists" in result.output and "--overwrite" in result.output
+    assert result.exit_code == 2 and "already holds an earlier export" in result.output
+    assert "--overwrite" in result.output
     result = runner.invoke(app, ["export", str(tmp_path / "nothing"), "--format", "hf"])
     assert result.exit_code == 2 and "not an sft run folder" in result.output
 

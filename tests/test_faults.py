@@ -48,6 +48,10 @@ def recipe_at(folder: Path, model: Path, rows=ALPACA_ROWS, **fields) -> Path:
 
 # --- recipe faults: `sft validate`, no model loaded ----------------------------------------------------------
 
+# "billion laughs": nine levels of ten aliases each, 10^9 values once expanded
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join(['*' + a] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)
 RECIPE_FAULTS = [
     (b"model:\n  name: m\n# caf\xe9\ndata: {path: train.jsonl}\n", "line 3: not UTF-8 text (byte 0xe9 at column 6)"),
     ("- model\n- data\n", "the top level must be a mapping"),
@@ -55,6 +59,9 @@ RECIPE_FAULTS = [
     ("model: {name: m}\ndata: {path: train.jsonl}\ntraning: {epochs: 1}\n", "did you mean 'training'?"),
     ("model: {name: m}\nmodel: {name: n}\ndata: {path: train.jsonl}\n", "duplicate key"),
     ("model: {name: m}\ndata: {path: train.jsonl}\ntraining: {learning_rate: fast}\n", "training.learning_rate"),
+    ("model: {name: m}\ndata: {path: train.jsonl}\ntraining: {learning_rate: 1e400}\n", "finite number"),
+    ("model: {name: m}\ndata: {path: train.jsonl}\nx: &loop [*loop]\n", "line 3: an alias refers to itself"),
+    ("model: {name: m}\ndata: {path: train.jsonl}\n" + BOMB, "aliases expand this document past 100,000 values"),
     ("model: {name: m}\ndata: {path: train.jsonl}\ntraining: {epochs: -1}\n", "training.epochs"),
     ("model: {name: m}\ndata: {path: train.jsonl}\ntemplate: alpacca\n", "did you mean 'alpaca'?"),
     ("data: {path: train.jsonl}\n", "model: required key is missing"),
@@ -454,6 +461,47 @@ def test_a_cache_entry_damaged_by_hand_is_built_again(tmp_path, tiny_path):
     result = runner.invoke(app, ["preview", str(path), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["stats"]["cached"] is False and (entry / "data.arrow").exists()
+
+
+def test_a_diverging_run_stops_with_one_error_and_saves_no_model(tmp_path, tiny_path):
+    path = train_recipe(tmp_path, tiny_path, 12, learning_rate=1e30, save_steps=1)
+    result = runner.invoke(app, ["train", str(path)])
+    clear_error(result, "training diverged at step", "no final model was saved", "lower training.learning_rate")
+    run = tmp_path / "run"
+    assert not (run / "model.safetensors").exists() and not (run / ".lock").exists()
+    assert json.loads((run / "run.json").read_text())["stop_reason"] == "diverged"
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("loss") != r.get("loss") or r.get("grad_norm") != r.get("grad_norm") for r in logged)  # nan
+    from safetensors.torch import load_file
+
+    for checkpoint in (run / "checkpoints").glob("checkpoint-*"):  # what is kept is finite, so --resume is safe
+        assert all(t.isfinite().all() for t in load_file(checkpoint / "model.safetensors").values()), checkpoint
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_as_ctrl_c_does(tmp_path, tiny_path):
+    path = train_recipe(tmp_path, tiny_path, 400)
+    process = start(path)
+    run = tmp_path / "run"
+    wait_for(lambda: (run / "metrics.jsonl").exists() and max(logged_steps(run), default=0) >= 3)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "--resume" in err, err
+    assert "Traceback" not in err and not (run / ".lock").exists() and not (run / "model.safetensors").exists()
+    step = max(logged_steps(run))
+    assert (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").exists()  # the steps since are kept
+    assert json.loads((run / "run.json").read_text())["stop_reason"] == "interrupted"
+
+
+def test_resume_never_picks_another_recipes_run_whose_name_starts_the_same(tmp_path, tiny_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    other = train_recipe(tmp_path / "a", tiny_path, 2)
+    other = other.rename(tmp_path / "qwen-lr3.yaml")
+    (tmp_path / "train.jsonl").write_bytes((tmp_path / "a" / "train.jsonl").read_bytes())
+    assert runner.invoke(app, ["train", str(other), "--set", "output.dir=null"]).exit_code == 0
+    assert len(list((tmp_path / "runs").glob("qwen-lr3-*"))) == 1
+    mine = tmp_path / "qwen.yaml"
+    mine.write_text(other.read_text())
+    clear_error(runner.invoke(app, ["train", str(mine), "--resume", "--set", "output.dir=null"]), "no run to resume")
 
 
 # --- generate and eval ----------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def test_generate_command_single_and_file(full_run, tmp_path):
     written = [json.loads(line) for line in target.read_text().splitlines()]
     assert len(written) == 4 and all("generated" in w and "instruction" in w for w in written)
     again = runner.invoke(app, ["generate", str(full_run), "--file", str(rows), "-o", str(target)])
-    assert again.exit_code == 2 and "already exists" in again.output
+    assert again.exit_code == 2 and "already holds an earlier merged model" in again.output
 
 
 def test_chat_repl_driven_by_piped_input(full_run):
@@ -183,7 +183,7 @@ def test_merge_gives_the_same_greedy_outputs(lora_run, tmp_path):
     sampling = Sampling(max_new_tokens=12)
     assert generate(load_run(merged_dir), ALPACA_ROWS, sampling) == generate(load_run(lora_run), ALPACA_ROWS, sampling)
     again = runner.invoke(app, ["merge", str(lora_run), "-o", str(merged_dir)])
-    assert again.exit_code == 2 and "already exists" in again.output
+    assert again.exit_code == 2 and "already holds an earlier merged model" in again.output
 
 
 def test_merge_refuses_a_full_run(full_run, tmp_path):

@@ -190,7 +190,7 @@ def train(
         return
     if result.stop_reason == "interrupted":
         err.print(f"interrupted: checkpoint saved in {result.run_dir}\nresume with: {result.resume_command}")
-        raise typer.Exit(130)
+        raise typer.Exit(result.exit_code)
     out.print(
         f"[green]✓[/] {result.stop_reason}: model, tokenizer, metrics and run.json in {result.run_dir}", highlight=False
     )

@@ -35,7 +35,7 @@ from sft_cli.recipe.sections import (
     TemplateSpec,
     TrainingSection,
 )
-from sft_cli.recipe.yaml_lines import apply_overrides, key_lines, recipe_text
+from sft_cli.recipe.yaml_lines import apply_overrides, check_aliases, key_lines, recipe_text
 
 
 class EncodingSpec(Section):
@@ -251,6 +251,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
     text = recipe_text(path)
     try:
         node = yaml.compose(text)
+        check_aliases(node, source)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

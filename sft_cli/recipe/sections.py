@@ -26,9 +26,10 @@ FULL_LR, LORA_LR = 2.0e-5, 2.0e-4
 
 
 class Section(BaseModel):
-    """A recipe section: unknown keys are errors, values are frozen once validated."""
+    """A recipe section: unknown keys are errors, values are frozen once validated; inf and nan are no number a
+    recipe means (`1e400` reads as inf)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):

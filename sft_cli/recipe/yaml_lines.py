@@ -26,6 +26,38 @@ def recipe_text(path: Path) -> str:
         ) from None
 
 
+MAX_NODES = 100_000  # a recipe is a few hundred nodes; an "alias bomb" expands to billions
+
+
+def check_aliases(node: yaml.Node | None, source: str) -> None:
+    """Refuse, before anything expands them, aliases that refer to themselves or multiply a document beyond any
+    recipe's size. Shared nodes are counted once per use, but each distinct node is visited once."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in open_nodes:
+            raise RecipeError(source, [f"line {node.start_mark.line + 1}: an alias refers to itself"])
+        if key not in sizes:
+            open_nodes.add(key)
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+            if isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            sizes[key] = 1 + sum(size(child) for child in children)
+            open_nodes.discard(key)
+            if sizes[key] > MAX_NODES:
+                raise RecipeError(
+                    source,
+                    [f"line {node.start_mark.line + 1}: aliases expand this document past {MAX_NODES:,} values"],
+                    hint="a recipe needs no nested aliases; write the values out",
+                )
+        return sizes[key]
+
+    if node is not None:
+        size(node)
+
+
 def key_lines(node: yaml.Node, prefix: tuple = (), lines: dict | None = None, dupes: list | None = None):
     """Map each key path in a YAML node tree to its 1-based line; collect duplicate keys."""
     lines = {} if lines is None else lines

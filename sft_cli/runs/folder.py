@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 from dataclasses import dataclass
@@ -180,7 +181,10 @@ def default_run_dir(loaded: LoadedRecipe) -> Path:
 
 
 def latest_run_dir(loaded: LoadedRecipe) -> Path | None:
-    runs = sorted(Path("runs").glob(f"{loaded.name}-*")) if Path("runs").is_dir() else []
+    """The newest default run folder of this recipe: `runs/NAME-YYYYMMDD-HHMMSS`, never another recipe's whose name
+    starts the same (`qwen` is not `qwen-lr3`)."""
+    pattern = re.compile(re.escape(loaded.name) + r"-\d{8}-\d{6}")
+    runs = sorted(p for p in Path("runs").glob(f"{loaded.name}-*") if pattern.fullmatch(p.name))
     return runs[-1] if runs else None
 
 

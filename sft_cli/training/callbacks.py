@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sft_cli.errors import SftError
 from sft_cli.progress import Progress
 from sft_cli.recipe.schema import Recipe
-from sft_cli.runs.record import METRICS_FILE
+from sft_cli.runs.folder import last_checkpoint
+from sft_cli.runs.record import CHECKPOINTS, METRICS_FILE
 from sft_cli.training.trackers import Trackers
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -22,11 +28,32 @@ class RunState:
 
     stop_at_step: int | None = None  # tests deliver a real Ctrl-C at this step
     interrupted: bool = False
+    signal_number: int = signal.SIGINT  # the signal that interrupted the run (Ctrl-C, or SIGTERM from a scheduler)
+    diverged: dict | None = None  # the first logged step whose loss or gradient norm was not finite
+    last_finite_step: int = 0  # the last logged step whose loss and gradient norm were finite
     train_seconds: float = 0.0
     tokens_seen: int = 0
     last_eval: dict = field(default_factory=dict)  # the last evaluation's losses (overall and per source)
     # undoes what training set in this process (Ctrl-C handler, CPU heap policy); also after an exception
     restore_process: Callable[[], None] = lambda: None
+
+
+def diverged_error(state: RunState, run_dir: Path, learning_rate: float, is_main: bool) -> SftError:
+    """A run whose loss or gradient went non-finite ends here, with no final model; checkpoints written after the
+    last finite step may hold non-finite weights and are removed, so none of them is ever resumed."""
+    bad, last = state.diverged or {}, state.last_finite_step
+    if is_main:
+        for checkpoint in (run_dir / CHECKPOINTS).glob("checkpoint-*"):
+            if int(checkpoint.name.split("-")[-1]) > last:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+    kept = last_checkpoint(run_dir)
+    values = ", ".join(f"{key} {value}" for key, value in bad.items() if key != "step")
+    return SftError(
+        f"training diverged at step {bad.get('step')}: {values}; no final model was saved"
+        + (f" (the last finite checkpoint, {kept.name}, is kept)" if kept else ""),
+        hint=f"lower training.learning_rate (this run: {learning_rate:g}) or look for extreme rows in the data; "
+        "then train afresh with --overwrite",
+    )
 
 
 def make_callbacks(
@@ -52,14 +79,15 @@ def make_callbacks(
 
         def __init__(self):
             self.start_time = time.perf_counter()
-            self.previous: signal.Handlers | None = None
+            self.previous: dict | None = None
             self.heap: CpuHeap | None = None
 
         def on_train_begin(self, args, st, control, **kwargs):
             self.start_time = time.perf_counter()
             self.heap = CpuHeap.start(forecast_bytes) if no_gpu() else None  # memory.py
             self.start_tokens = st.num_input_tokens_seen
-            self.previous = signal.signal(signal.SIGINT, self._interrupt)
+            # SIGTERM (SLURM, Kubernetes, docker stop) acts as Ctrl-C: a checkpoint, then a clean stop
+            self.previous = {sig: signal.signal(sig, self._interrupt) for sig in STOP_SIGNALS}
             state.restore_process = self.restore_process
             if is_main:
                 progress.start("train", st.max_steps)
@@ -67,9 +95,10 @@ def make_callbacks(
         def _interrupt(self, signum, frame):
             if state.interrupted:  # second Ctrl-C: stop now
                 raise KeyboardInterrupt
-            state.interrupted = True
+            state.interrupted, state.signal_number = True, signum
             if is_main:
-                progress.note("interrupt: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
+                name = "interrupt" if signum == signal.SIGINT else signal.Signals(signum).name
+                progress.note(f"{name}: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
 
         def on_step_end(self, args, st, control, **kwargs):
             if self.heap is not None:
@@ -81,7 +110,20 @@ def make_callbacks(
                 control.should_training_stop = True
 
         def on_log(self, args, st, control, logs=None, **kwargs):
-            if not is_main or not logs:
+            if not logs:
+                return
+            bad = {
+                k: logs[k]
+                for k in ("loss", "grad_norm")
+                if isinstance(logs.get(k), float) and not math.isfinite(logs[k])
+            }
+            if bad and state.diverged is None:
+                state.diverged = {"step": st.global_step, **bad}
+                control.should_save = False  # never a checkpoint of weights that went non-finite
+                control.should_training_stop = True
+            elif "loss" in logs and not bad:
+                state.last_finite_step = st.global_step
+            if not is_main:
                 return
             elapsed = time.perf_counter() - self.start_time
             tokens = st.num_input_tokens_seen - self.start_tokens
@@ -99,8 +141,8 @@ def make_callbacks(
 
         def restore_process(self):
             """The Ctrl-C handler and glibc's thresholds as they were before training (once)."""
-            if self.previous is not None:
-                signal.signal(signal.SIGINT, self.previous)
+            for sig, handler in (self.previous or {}).items():
+                signal.signal(sig, handler)
             if self.heap is not None:
                 self.heap.stop()
             self.previous = self.heap = None

@@ -37,7 +37,7 @@ from sft_cli.runs.folder import (
 from sft_cli.runs.record import RunRecord
 from sft_cli.training.attention import restore_attention, use_sequence_attention
 from sft_cli.training.batching import BatchPlan, Collator, bins_dataset, plan_batches, sequence_lengths
-from sft_cli.training.callbacks import RunState, make_callbacks
+from sft_cli.training.callbacks import RunState, diverged_error, make_callbacks
 from sft_cli.training.memory import MB, measured_peak, resident_bytes
 from sft_cli.training.plan import Plan, make_plan
 from sft_cli.training.setup import (
@@ -90,6 +90,7 @@ class RunResult:
     plan: Plan
     stop_reason: str
     resume_command: str | None = None
+    exit_code: int = 0  # an interrupted run: 128 + the signal (130 Ctrl-C, 143 SIGTERM)
 
 
 @dataclass
@@ -362,7 +363,9 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
     rows_by_rank = gathered(session.collator.first_rows or [])
     prepared_by_rank = gathered({split: "cache" if p["cached"] else "encoded" for split, p in plan.prepared.items()})
 
-    if session.state.interrupted:
+    if session.state.diverged:
+        stop_reason = "diverged"
+    elif session.state.interrupted:
         stop_reason = "interrupted"
     elif trainer.state.global_step < trainer.state.max_steps:
         stop_reason = "early_stopping"
@@ -374,9 +377,10 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
         if "--resume" not in command:
             command += f" --resume --set output.dir={run_dir}"
         result.resume_command = command
+        result.exit_code = 128 + session.state.signal_number
     restore_attention(trainer.model, session.model.loaded_attention)
     if session.is_main:
-        if stop_reason != "interrupted":
+        if stop_reason not in ("interrupted", "diverged"):
             save_final_model(run_dir, trainer.model, session.tokenizer, run_record(loaded.recipe, session.data))
         facts = run_facts(session, result, wall, rows_by_rank, prepared_by_rank)
         write_run_files(run_dir, loaded.recipe, facts)
@@ -384,6 +388,8 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
             session.trackers.finish(facts)
     distributed_state().wait_for_everyone()
     session.discard_temporary()
+    if stop_reason == "diverged":
+        raise diverged_error(session.state, run_dir, loaded.recipe.learning_rate, session.is_main)
     return result
 
 

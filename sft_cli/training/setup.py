@@ -89,6 +89,7 @@ def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool, pa
         data_seed=t.seed,
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a non-finite loss is logged as it is and stops the run (callbacks.py)
         eval_strategy="steps" if has_eval else "no",
         eval_steps=recipe.eval_steps if has_eval else None,
         save_strategy="steps",
