@@ -504,6 +504,15 @@ def test_resume_never_picks_another_recipes_run_whose_name_starts_the_same(tmp_p
     clear_error(runner.invoke(app, ["train", str(mine), "--resume", "--set", "output.dir=null"]), "no run to resume")
 
 
+def test_a_lone_surrogate_in_a_row_is_named(tmp_path, tiny_path):
+    (tmp_path / "train.jsonl").write_text('{"instruction": "a\\ud800b", "output": "c"}\n', encoding="utf-8")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": str(tiny_path)}, "data": {"path": "train.jsonl"}}))
+    clear_error(
+        runner.invoke(app, ["preview", str(path)]), "row 1", "field 'instruction' holds a lone UTF-16 surrogate"
+    )
+
+
 # --- generate and eval ----------------------------------------------------------------------------------------
 
 
@@ -532,6 +541,19 @@ def test_eval_rows_without_an_answer(tiny_run, tmp_path):
 def test_generate_and_eval_faults(tiny_run, tmp_path, args, needle):
     args = [str(tiny_run) if a == "RUN" else str(tmp_path) if a == "NOT_A_RUN" else a for a in args]
     clear_error(runner.invoke(app, args), needle)
+
+
+@pytest.mark.parametrize("stdin", ["closed", "latin-1"])
+def test_chat_with_stdin_closed_or_not_utf8(tiny_run, stdin):
+    if stdin == "closed":
+        result = subprocess.run([*SFT, "chat", str(tiny_run)], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        closed = subprocess.run(f"{sys.executable} -m sft_cli chat {tiny_run} <&-", shell=True, capture_output=True)
+        assert closed.returncode == 0 and b"Traceback" not in closed.stderr, closed.stderr
+    else:
+        result = subprocess.run([*SFT, "chat", str(tiny_run)], input=b"hello\ncaf\xe9\n", capture_output=True)
+        result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+        clear_error(result, "stdin line 2: not UTF-8 text (byte 0xe9 at column 4)")
 
 
 def test_a_run_with_damaged_weights_cannot_generate(tiny_run, tmp_path):

@@ -85,8 +85,7 @@ def chat(
         f"chatting with {run_dir} ({'multi-turn' if multi_turn else 'one instruction per line'}); /reset, /exit",
         highlight=False,
     )
-    for line in sys.stdin:
-        text = line.strip()
+    for text in stdin_lines():
         if text == "/exit":
             break
         if text == "/reset":
@@ -103,6 +102,23 @@ def chat(
         if multi_turn:
             history.append({"role": "assistant", "content": answer})
         out.print(f"> {answer}", highlight=False, markup=False)
+
+
+def stdin_lines():
+    """Standard input's lines, stripped; a closed stdin is the end of input, a line that is not UTF-8 one error."""
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    if stream is None:
+        return
+    for number, line in enumerate(stream, 1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SftError(
+                    f"stdin line {number}: not UTF-8 text (byte 0x{line[exc.start]:02x} at column {exc.start + 1})",
+                    hint="send UTF-8 text (`iconv -t UTF-8` converts it)",
+                ) from None
+        yield line.strip()
 
 
 def eval(

@@ -100,6 +100,9 @@ def _reverse(columns: dict[str, str]) -> dict[str, str]:
 
 def normalise(record: dict, fmt: str, columns: dict[str, str], keep_extra: bool) -> dict:
     """Rename mapped columns and turn the row into alpaca fields or `messages`; raise ValueError if malformed."""
+    broken = lone_surrogate(record)
+    if broken:
+        raise ValueError(f"field {broken} holds a lone UTF-16 surrogate: not Unicode text (fix the file's escapes)")
     renamed = {_reverse(columns).get(k, k): v for k, v in record.items()}
     if fmt == "messages":
         return normalise_chat(renamed)
@@ -123,6 +126,22 @@ def normalise(record: dict, fmt: str, columns: dict[str, str], keep_extra: bool)
     if keep_extra:
         row = {**renamed, **row}
     return row
+
+
+def lone_surrogate(value, where: str = "") -> str | None:
+    """Where a value holds text no tokenizer can take (JSON's "\\ud800" alone): the field's name, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return repr(where or "value")
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = lone_surrogate(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
 
 
 def normalise_chat(record: dict) -> dict:
