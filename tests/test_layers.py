@@ -1,6 +1,6 @@
 """The package's layers hold: a module imports only from its own layer or below, nothing outside `cli/` but
 `__main__` imports the CLI, and no two modules import each other, even through an import inside a function
-(README, Layout)."""
+(docs/architecture.md)."""
 
 from __future__ import annotations
 

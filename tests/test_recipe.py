@@ -132,3 +132,11 @@ def test_override_into_scalar_is_an_error():
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(RecipeError, match="file not found"):
         load_recipe(tmp_path / "none.yaml")
+
+
+def test_the_recipe_reference_is_the_starter_sft_init_writes():
+    from sft_cli.recipe.starter import recipe_reference, starter_recipe
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "recipe.md").read_text(encoding="utf-8")
+    assert page == recipe_reference(), "docs/recipe.md is stale: run python scripts/write_recipe_reference.py"
+    assert starter_recipe("alpaca") in page

@@ -111,3 +111,16 @@ def write_starter(output: Path, template: str, force: bool = False) -> list[Path
         data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         written.append(data)
     return written
+
+
+def recipe_reference() -> str:
+    """docs/recipe.md: the starter recipe `sft init` writes, so the reference and the starter share one source."""
+    return (
+        "# Recipe reference\n\n"
+        "Every key of a recipe, its default and what it does: the text `sft init` writes (the alpaca starter; `sft\n"
+        "init --template chat` differs in `data.format` and `template`). Generated from the schema by `python\n"
+        "scripts/write_recipe_reference.py`; `tests/test_recipe.py` fails when this page and the schema differ.\n"
+        "Keys shown commented out are optional sections or values that default to none.\n\n"
+        f"```yaml\n{starter_recipe('alpaca')}```\n\n"
+        "[Back to the README](../README.md) · [All pages](README.md)\n"
+    )
