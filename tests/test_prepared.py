@@ -201,3 +201,20 @@ def test_a_second_command_reuses_the_cache(tmp_path, smollm2_path):
         assert result.returncode == 0, result.stderr[-2000:]
         outputs.append(result.stdout)
     assert "train: prepared" in outputs[0] and "train: reused" in outputs[1]
+
+
+def test_the_cache_key_covers_every_source_file_of_the_encoding_packages(monkeypatch):
+    """A change to any file under data/ or encoding/ (stats.py included, which the old hand list missed) encodes
+    again; the list is read from the folders, so a new module is covered without anyone adding it."""
+    from pathlib import Path
+
+    from sft_cli.encoding import cache
+
+    package = Path(cache.__file__).resolve().parent.parent
+    expected = sorted(p for name in ("data", "encoding") for p in (package / name).rglob("*.py"))
+    assert cache.encoding_sources() == expected and package / "encoding" / "stats.py" in expected
+    before, original = cache._code_version(), Path.read_bytes
+    for changed in expected:
+        monkeypatch.setattr(Path, "read_bytes", lambda p, c=changed: original(p) + (b"#" if p == c else b""))
+        assert cache._code_version() != before, changed
+    monkeypatch.setattr(Path, "read_bytes", original)
