@@ -7,7 +7,6 @@ prepare`, `sft generate` and `sft eval`, some as real processes (killed, run twi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -478,20 +477,6 @@ def test_a_diverging_run_stops_with_one_error_and_saves_no_model(tmp_path, tiny_
         assert all(t.isfinite().all() for t in load_file(checkpoint / "model.safetensors").values()), checkpoint
 
 
-def test_sigterm_saves_a_checkpoint_and_stops_as_ctrl_c_does(tmp_path, tiny_path):
-    path = train_recipe(tmp_path, tiny_path, 400)
-    process = start(path)
-    run = tmp_path / "run"
-    wait_for(lambda: (run / "metrics.jsonl").exists() and max(logged_steps(run), default=0) >= 3)
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 143 and "--resume" in err, err
-    assert "Traceback" not in err and not (run / ".lock").exists() and not (run / "model.safetensors").exists()
-    step = max(logged_steps(run))
-    assert (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").exists()  # the steps since are kept
-    assert json.loads((run / "run.json").read_text())["stop_reason"] == "interrupted"
-
-
 def test_resume_never_picks_another_recipes_run_whose_name_starts_the_same(tmp_path, tiny_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     other = train_recipe(tmp_path / "a", tiny_path, 2)
@@ -564,15 +549,18 @@ def test_a_run_with_damaged_weights_cannot_generate(tiny_run, tmp_path):
     clear_error(runner.invoke(app, ["generate", str(run), "x"]), "the weights file is damaged")
 
 
-def test_nothing_is_presented_as_complete_after_an_interrupt(tmp_path, tiny_path):
-    path = train_recipe(tmp_path, tiny_path, 40)
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_nothing_is_presented_as_complete_after_an_interrupt(tmp_path, tiny_path, stop, code):
+    """Ctrl-C, and SIGTERM (what SLURM, Kubernetes and `docker stop` send), save a checkpoint of the step reached,
+    release the lock and name the resume command; no final model is presented."""
+    path = train_recipe(tmp_path, tiny_path, 400)
     process = start(path)
     run = tmp_path / "run"
     wait_for(lambda: (run / "metrics.jsonl").exists() and max(logged_steps(run), default=0) >= 3)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and "--resume" in err
+    assert process.returncode == code and "--resume" in err and "Traceback" not in err, err
     assert not (run / "model.safetensors").exists() and not (run / ".lock").exists()
-    assert (
-        os.path.exists(run / "run.json") and json.loads((run / "run.json").read_text())["stop_reason"] == "interrupted"
-    )
+    step = max(logged_steps(run))
+    assert (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").exists()  # the steps since are kept
+    assert json.loads((run / "run.json").read_text())["stop_reason"] == "interrupted"
