@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sft_cli"
 # Each top-level module or package of sft_cli and its layer; `runs.record` (what a run folder holds) sits in the base
 # layer although its package is a use of the layers below.
 LAYERS = {
-    "errors": 1, "progress": 1, "folders": 1, "hub": 1, "recipe": 1, "runs.record": 1,
+    "errors": 1, "progress": 1, "folders": 1, "hub": 1, "device": 1, "recipe": 1, "runs.record": 1,
     "data": 2,
     "encoding": 3,
     "runs": 4, "training": 4, "export": 4, "smoke": 4,

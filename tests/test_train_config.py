@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_train import recipe_file
 
 from sft_cli.progress import Progress
@@ -78,3 +79,14 @@ def test_defaults_are_sft_defaults_not_trl_defaults(tmp_path, tiny_path):
     assert config.activation_checkpointing is False and config.gradient_checkpointing is False  # TRL: True
     assert config.bf16 is False and config.fp16 is False  # TRL: bf16 True; on CPU sft trains in fp32
     assert layout(recipe) == "padding_free" and config.include_num_input_tokens_seen == "all"
+
+
+@pytest.mark.parametrize(("gpu", "native", "expected"), [("NVIDIA H100", True, "bf16"), ("Tesla T4", False, "fp16")])
+def test_auto_precision_takes_bf16_only_where_the_gpu_runs_it_natively(monkeypatch, gpu, native, expected):
+    """torch counts emulated bf16 as supported (T4, V100): `auto` must pick fp16 there, not a slow bf16."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert pick_precision("auto") == (f"cuda ({gpu})", expected)

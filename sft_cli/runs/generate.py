@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sft_cli.device import native_bf16
 from sft_cli.encoding.encode import prompt_ids
 from sft_cli.encoding.loading import load_model
 from sft_cli.encoding.rendered import RenderOptions
@@ -45,7 +46,7 @@ def load_run(run_dir: Path, base: bool = False):
     run_dir = Path(run_dir)
     record = read_record(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = torch.bfloat16 if native_bf16() else torch.float32
     is_lora = (run_dir / "adapter_config.json").exists()
     if base or is_lora:
         model = load_model(record.base_model, dtype, vocab_size=len(tokenizer))

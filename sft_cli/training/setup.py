@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sft_cli.device import native_bf16
 from sft_cli.errors import SftError
 from sft_cli.recipe.schema import Recipe
 from sft_cli.runs.record import CHECKPOINTS
@@ -36,7 +37,7 @@ def pick_precision(requested: str) -> tuple[str, str]:
 
     if torch.cuda.is_available():
         device = f"cuda ({torch.cuda.get_device_name(0)})"
-        auto = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        auto = "bf16" if native_bf16() else "fp16"
     else:
         device, auto = "cpu", "fp32"
         if requested == "fp16":
