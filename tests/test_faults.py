@@ -388,6 +388,16 @@ def test_export_overwrite_replaces_only_an_earlier_export(tiny_run, tmp_path):
     assert runner.invoke(app, [*args[:-2], str(exported), "--overwrite"]).exit_code == 0
 
 
+def test_resume_with_a_changed_contract_is_refused(tmp_path, tiny_path):
+    path = train_recipe(tmp_path, tiny_path, 4)
+    assert runner.invoke(app, ["train", str(path)]).exit_code == 0
+    run = tmp_path / "run"
+    before = snapshot(run)
+    result = runner.invoke(app, ["train", str(path), "--resume", "--set", "template=human_assistant"])
+    clear_error(result, "--resume: the recipe changed since", 'template: "alpaca" -> "human_assistant"', "--overwrite")
+    assert snapshot(run) == before  # the run's record still names the template it was trained with
+
+
 def test_a_damaged_last_checkpoint_resumes_from_the_one_before(tmp_path, tiny_path):
     path = train_recipe(tmp_path, tiny_path, 8)
     assert runner.invoke(app, ["train", str(path)]).exit_code == 0

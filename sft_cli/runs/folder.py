@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sft_cli.errors import SftError
 from sft_cli.folders import refuse_foreign, refuse_overlap
-from sft_cli.recipe.schema import LoadedRecipe, Recipe
+from sft_cli.recipe.schema import EncodingSpec, LoadedRecipe, Recipe
 from sft_cli.runs.record import (
     CHECKPOINTS,
     LOCK_FILE,
@@ -213,6 +213,12 @@ def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple
             checkpoint = last_checkpoint(run_dir)
             if checkpoint is None:
                 raise SftError(f"--resume: {run_dir} has no checkpoint", hint="start afresh with --overwrite")
+            changed = changed_since(run_dir, recipe)
+            if changed:
+                raise SftError(
+                    f"--resume: the recipe changed since {run_dir} started ({'; '.join(changed)})",
+                    hint="resume with the recipe as it was, or train afresh (--overwrite, or another output.dir)",
+                )
             return RunFolder(run_dir, str(checkpoint)), lock
         if holds_a_run(run_dir) and not overwrite:
             raise SftError(
@@ -223,6 +229,30 @@ def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple
         lock.release()
         raise
     return RunFolder(run_dir), lock
+
+
+# besides the encoding contract, what a checkpoint's weights were trained as: resuming under another would mix two runs
+TRAINED_AS = ("model", "lora")
+
+
+def changed_since(run_dir: Path, recipe: Recipe) -> list[str]:
+    """The contract keys (and model, LoRA) whose value differs from the recipe the run started with, as
+    `key: before -> now`. Training knobs (steps, learning rate, ...) may change on resume."""
+    import yaml
+
+    try:
+        before = yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    now = recipe.model_dump(mode="json")
+    shown = lambda value: json.dumps(value)[:60]  # noqa: E731
+    keys = [*EncodingSpec.model_fields, *TRAINED_AS]
+    return [f"{k}: {shown(before.get(k))} -> {shown(now.get(k))}" for k in keys if before.get(k) != now.get(k)]
+
+
+def write_started_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """The resolved recipe, written when a run starts, so a resume (even after SIGKILL) can check it is the same."""
+    (run_dir / RECIPE_FILE).write_text(resolved_recipe_yaml(recipe), encoding="utf-8")
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:

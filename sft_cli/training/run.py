@@ -33,6 +33,7 @@ from sft_cli.runs.folder import (
     save_final_model,
     trim_metrics,
     write_run_files,
+    write_started_recipe,
 )
 from sft_cli.runs.record import RunRecord
 from sft_cli.training.attention import restore_attention, use_sequence_attention
@@ -345,6 +346,8 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         if session.overwrite and not plan.resume_from:
             clear_for_overwrite(run_dir)
+        if not plan.resume_from:
+            write_started_recipe(run_dir, loaded.recipe)
         if plan.resume_from:
             trim_metrics(run_dir, plan.resume_from)
         session.progress.note(
