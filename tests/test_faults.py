@@ -393,8 +393,10 @@ def test_resume_with_a_changed_contract_is_refused(tmp_path, tiny_path):
     assert runner.invoke(app, ["train", str(path)]).exit_code == 0
     run = tmp_path / "run"
     before = snapshot(run)
-    result = runner.invoke(app, ["train", str(path), "--resume", "--set", "template=human_assistant"])
+    args = ["train", str(path), "--resume", "--set", "training.max_steps=6"]
+    result = runner.invoke(app, [*args, "--set", "template=human_assistant"])
     clear_error(result, "--resume: the recipe changed since", 'template: "alpaca" -> "human_assistant"', "--overwrite")
+    clear_error(runner.invoke(app, args[:3]), "already finished (completed at step 4)", "training.max_steps above 4")
     assert snapshot(run) == before  # the run's record still names the template it was trained with
 
 

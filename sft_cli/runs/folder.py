@@ -213,6 +213,7 @@ def choose_run_dir(loaded: LoadedRecipe, resume: bool, overwrite: bool) -> tuple
             checkpoint = last_checkpoint(run_dir)
             if checkpoint is None:
                 raise SftError(f"--resume: {run_dir} has no checkpoint", hint="start afresh with --overwrite")
+            refuse_finished(run_dir, recipe)
             changed = changed_since(run_dir, recipe)
             if changed:
                 raise SftError(
@@ -248,6 +249,22 @@ def changed_since(run_dir: Path, recipe: Recipe) -> list[str]:
     shown = lambda value: json.dumps(value)[:60]  # noqa: E731
     keys = [*EncodingSpec.model_fields, *TRAINED_AS]
     return [f"{k}: {shown(before.get(k))} -> {shown(now.get(k))}" for k in keys if before.get(k) != now.get(k)]
+
+
+def refuse_finished(run_dir: Path, recipe: Recipe) -> None:
+    """A finished run resumes only toward more steps than it trained; otherwise --resume would train past its end
+    and rewrite its facts."""
+    try:
+        facts = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    step, reason = facts.get("global_step") or 0, facts.get("stop_reason")
+    if reason in ("completed", "early_stopping") and (recipe.training.max_steps or 0) <= step:
+        raise SftError(
+            f"--resume: {run_dir} already finished ({reason} at step {step})",
+            hint=f"to train on, raise training.max_steps above {step} (--set training.max_steps=N); "
+            "to start afresh, --overwrite",
+        )
 
 
 def write_started_recipe(run_dir: Path, recipe: Recipe) -> None:
