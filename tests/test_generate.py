@@ -97,7 +97,7 @@ def test_generate_command_single_and_file(full_run, tmp_path):
     written = [json.loads(line) for line in target.read_text().splitlines()]
     assert len(written) == 4 and all("generated" in w and "instruction" in w for w in written)
     again = runner.invoke(app, ["generate", str(full_run), "--file", str(rows), "-o", str(target)])
-    assert again.exit_code == 2 and "already holds an earlier merged model" in again.output
+    assert again.exit_code == 2 and "already exists" in again.output
 
 
 def test_chat_repl_driven_by_piped_input(full_run):
