@@ -296,7 +296,7 @@ def save_final_model(run_dir: Path, model, tokenizer, record: RunRecord) -> None
 
 def write_run_files(run_dir: Path, recipe: Recipe, facts: dict) -> None:
     """The resolved recipe, the loss plot and run.json (the run's facts, the versions and the recipe)."""
-    (run_dir / RECIPE_FILE).write_text(resolved_recipe_yaml(recipe), encoding="utf-8")
+    write_started_recipe(run_dir, recipe)
     plot_losses(run_dir / METRICS_FILE, run_dir / PLOT_FILE)
     record = {**facts, "versions": versions(), "recipe": recipe.model_dump(mode="json")}
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
