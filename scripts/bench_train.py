@@ -204,7 +204,7 @@ def run_sft(data, model, steps, batch, out, counter, training: dict) -> tuple:
 
     counter.count_labels_here = True
     trainer.compute_loss = counted
-    return timed_train(trainer), trainer.model, session.plan.precision
+    return timed_train(trainer), trainer.model, session.plan.environment.precision
 
 
 def run_trl(data, model_name, steps, batch, out, counter, tuned: bool) -> tuple:
@@ -252,15 +252,16 @@ def run_raw(data, model_name, steps, batch, out, counter) -> tuple:
     from sft_cli.encoding.cache import prepare_split
     from sft_cli.encoding.loading import load_model, load_tokenizer
     from sft_cli.recipe.schema import load_recipe
-    from sft_cli.training.attention import use_sequence_attention
+    from sft_cli.training.attention import use_attention
     from sft_cli.training.batching import Collator
+    from sft_cli.training.environment import detect
 
     recipe = load_recipe(sft_recipe(data, model_name, steps, batch, out, {})).recipe
     tokenizer = load_tokenizer(recipe)
     dataset = prepare_split(recipe, tokenizer, "train", cache=False).dataset()
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     model = load_model(recipe.model, dtype, None, len(tokenizer))
-    use_sequence_attention(model)
+    use_attention(model, detect(recipe, lambda: model).attention)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).train()
     model.register_forward_pre_hook(counter, with_kwargs=True)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft_cli.training.attention import VARLEN, register, restore_attention, use_sequence_attention
+from sft_cli.device import detect_hardware
+from sft_cli.training.attention import VARLEN, register, use_attention
 from sft_cli.training.batching import Collator
+from sft_cli.training.environment import model_facts, padding_free_attention
 
 LENGTHS = [7, 19, 3, 12, 1]
 
@@ -65,7 +67,9 @@ def test_on_cuda_the_attention_sft_picks_keeps_sequences_apart(tiny_path):
     """On a GPU: flash-attention's varlen kernel where `flash-attn` is installed, else sft's per-sequence loop."""
     model = load(tiny_path, "sdpa").to("cuda")
     tolerance = 1e-4
-    if use_sequence_attention(model) == "flash_attention_2":  # a 16-bit kernel: the model trains in bf16 there
+    name = padding_free_attention(detect_hardware(), "bf16", model_facts(model), [])
+    use_attention(model, name)
+    if name == "flash_attention_2":  # a 16-bit kernel: the model trains in bf16 there
         model, tolerance = model.to(torch.bfloat16), 5e-2
     assert_each_sequence_alone(model, sequences(model.config.vocab_size), tolerance=tolerance)
 
@@ -87,6 +91,21 @@ def test_switch_and_restore(tiny_path):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     loaded = model.config._attn_implementation
-    assert use_sequence_attention(model) == VARLEN and model.config._attn_implementation == VARLEN
-    restore_attention(model, loaded)
+    use_attention(model, VARLEN)
+    assert model.config._attn_implementation == VARLEN
+    use_attention(model, loaded)
     assert model.config._attn_implementation == loaded
+
+
+def test_the_boundaries_are_read_once_per_forward_not_once_per_layer(tiny_path, monkeypatch):
+    """Each read of a CUDA tensor waits for the GPU: the per-sequence kernel reads the batch's boundaries once."""
+    model = load(tiny_path, VARLEN)
+    assert model.config.num_hidden_layers > 1
+    batches = [Collator(pad_token_id=0, padding_free=True)(sequences(model.config.vocab_size)) for _ in range(2)]
+    reads = []
+    real = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(tuple(t.shape)) or real(t))
+    for done, batch in enumerate(batches, start=1):
+        with torch.no_grad():
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+        assert reads == [(len(LENGTHS) + 1,)] * done, reads  # a new batch's boundaries are read again

@@ -99,7 +99,7 @@ def test_training_with_the_chunked_loss_equals_training_without(tmp_path, tiny_p
         training = {"max_steps": 6, "gradient_accumulation_steps": 2, "chunked_loss": chunked_on}
         run_dir = train(load_recipe(recipe_file(folder, tiny_path, training=training))).run_dir
         plan = json.loads((run_dir / "run.json").read_text())["plan"]
-        assert plan["loss"] == ("chunked" if chunked_on else "full logits")
+        assert plan["environment"]["loss"] == ("chunked" if chunked_on else "full logits")
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         runs[chunked_on] = [json.loads(line) for line in lines if '"loss"' in line]
     for on, off in zip(runs[True], runs[False]):

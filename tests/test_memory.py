@@ -14,8 +14,10 @@ from typer.testing import CliRunner
 
 import sft_cli.training.memory as memory
 from sft_cli.cli.app import app
+from sft_cli.device import Hardware
 from sft_cli.encoding.loading import load_model, load_model_skeleton
 from sft_cli.recipe.schema import load_recipe
+from sft_cli.training.environment import Launch, ModelFacts, decide
 from sft_cli.training.memory import MB, forecast, longest_batch, model_shape
 from sft_cli.training.run import train
 
@@ -80,11 +82,12 @@ def test_a_forecast_that_does_not_fit_names_the_cheapest_fixes(tmp_path, tiny_pa
     ).recipe
     shape = model_shape(load_model_skeleton(recipe.model), 0.0)
     lengths = [500] * 16 + [20] * 200
-    roomy = forecast(recipe, shape, lengths, 0.5, "padding_free", runtime=0)
+    env = decide(recipe, Hardware(), Launch(), ModelFacts())
+    roomy = forecast(recipe, shape, lengths, 0.5, "padding_free", 0, env)
     assert not roomy.too_big and roomy.fixes == [] and memory.memory_warning(roomy) is None
 
     monkeypatch.setattr(memory, "device_memory_bytes", lambda runtime: int(roomy.total / 0.95))
-    tight = forecast(recipe, shape, lengths, 0.5, "padding_free", runtime=0)
+    tight = forecast(recipe, shape, lengths, 0.5, "padding_free", 0, env)
     assert tight.too_big
     changes = [change for change, _ in tight.fixes]
     assert (

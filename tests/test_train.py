@@ -71,10 +71,11 @@ def test_loss_falls_and_the_run_folder_is_complete(tmp_path, tiny_path):
     ):
         assert (run_dir / name).exists(), name
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["plan"]["precision"] == "fp32" and record["plan"]["device"] == "cpu"
+    env = record["plan"]["environment"]
+    assert env["precision"] == "fp32" and env["device"] == "cpu" and env["trained_weights"] == "fp32"
     batching = record["plan"]["batching"]
     assert batching["layout"] == "padding_free" and batching["padding_share"] == 0 and batching["tokens_per_step"] > 0
-    assert record["plan"]["attention"] == "sft_varlen"
+    assert env["attention"] == "sft_varlen"
     assert json.loads((run_dir / "config.json").read_text()).get("_attn_implementation") != "sft_varlen"
     assert record["tokens_per_s"] > 0 and record["global_step"] == 20 and record["versions"]["trl"]
     from transformers import AutoModelForCausalLM
@@ -239,7 +240,8 @@ def test_two_processes_on_cpu(tmp_path, tiny_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["plan"]["world_size"] == 2 and record["plan"]["loss"] == "full logits"  # DDP: no chunked loss
+    env = record["plan"]["environment"]
+    assert env["processes"] == 2 and env["sharding"] == "ddp" and env["loss"] == "full logits"  # DDP: no chunked loss
     first, second = record["first_batch_rows_by_rank"]
     assert first and second and not set(first) & set(second)
     # rank 0 encoded the rows (main process first); rank 1 read what it wrote

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from test_train import recipe_file
 
+from sft_cli.device import Hardware
 from sft_cli.progress import Progress
 from sft_cli.recipe.schema import load_recipe
 from sft_cli.recipe.sections import TrainingSection
 from sft_cli.training.callbacks import RunState, make_callbacks
-from sft_cli.training.setup import layout, pick_precision, sft_config
+from sft_cli.training.environment import Launch, ModelFacts, decide
+from sft_cli.training.setup import layout, sft_config
 
 # every training field set away from its default; value in the recipe -> what SFTConfig must hold
 NON_DEFAULT = {
@@ -47,8 +48,8 @@ COMPILE_FIELDS = {"compile": True}
 def config_for(tmp_path: Path, tiny_path: Path, training: dict):
     path = recipe_file(tmp_path, tiny_path, training=training, data={"eval_fraction": 0.25})
     recipe = load_recipe(path).recipe
-    _, precision = pick_precision(recipe.training.precision)
-    return recipe, sft_config(recipe, Path("run"), precision, True, recipe.training.padding_free)
+    env = decide(recipe, Hardware(), Launch(), ModelFacts())
+    return recipe, sft_config(recipe, Path("run"), env, True)
 
 
 def test_every_training_field_is_listed():
@@ -78,15 +79,19 @@ def test_defaults_are_sft_defaults_not_trl_defaults(tmp_path, tiny_path):
     recipe, config = config_for(tmp_path, tiny_path, {})
     assert config.activation_checkpointing is False and config.gradient_checkpointing is False  # TRL: True
     assert config.bf16 is False and config.fp16 is False  # TRL: bf16 True; on CPU sft trains in fp32
+    # transformers would turn it on for any PeftModel: an extra autograd traversal each step under DDP
+    assert config.ddp_find_unused_parameters is False and config.ddp_timeout == 1800
     assert layout(recipe) == "padding_free" and config.include_num_input_tokens_seen == "all"
 
 
-@pytest.mark.parametrize(("gpu", "native", "expected"), [("NVIDIA H100", True, "bf16"), ("Tesla T4", False, "fp16")])
-def test_auto_precision_takes_bf16_only_where_the_gpu_runs_it_natively(monkeypatch, gpu, native, expected):
-    """torch counts emulated bf16 as supported (T4, V100): `auto` must pick fp16 there, not a slow bf16."""
-    import torch
+def test_the_trainer_arguments_exist_before_the_model_loads(tmp_path, tiny_path, monkeypatch):
+    """Under DeepSpeed ZeRO-3 the arguments set up `zero.Init`, which makes each rank load only its partition of
+    the weights: they must be built before the model is."""
+    import sft_cli.training.run as run
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: gpu)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
-    assert pick_precision("auto") == (f"cuda ({gpu})", expected)
+    order = []
+    real_config, real_load = run.sft_config, run.load_model
+    monkeypatch.setattr(run, "sft_config", lambda *a, **k: order.append("arguments") or real_config(*a, **k))
+    monkeypatch.setattr(run, "load_model", lambda *a, **k: order.append("model") or real_load(*a, **k))
+    run.prepare(load_recipe(recipe_file(tmp_path, tiny_path)), dry_run=True)
+    assert order == ["arguments", "model"]

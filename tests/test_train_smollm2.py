@@ -25,7 +25,7 @@ def test_full_finetune_from_the_gguf_file_saves_safetensors(tmp_path):
     result = train(load_recipe(path))
     assert result.stop_reason == "completed" and (result.run_dir / "model.safetensors").exists()
     record = json.loads((result.run_dir / "run.json").read_text())
-    assert record["plan"]["precision"] == "fp32" and record["tokens_per_s"] > 0
+    assert record["plan"]["environment"]["precision"] == "fp32" and record["tokens_per_s"] > 0
     model = AutoModelForCausalLM.from_pretrained(result.run_dir)
     assert model.config.num_hidden_layers == 30 and getattr(model.config, "quantization_config", None) is None
 

@@ -146,8 +146,12 @@ def train(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Load and encode everything, print the plan, train nothing."),
-    num_processes: int = typer.Option(
-        1, "--num-processes", min=1, help="Start N processes: torchrun on CPU (gloo), accelerate launch on GPUs."
+    num_processes: int | None = typer.Option(
+        None,
+        "--num-processes",
+        min=1,
+        help="Train in N processes on this machine (gloo on CPU, one GPU each). Default: one per visible GPU "
+        "(1 on CPU).",
     ),
     accelerate_config: Path | None = typer.Option(
         None,
@@ -160,17 +164,28 @@ def train(
     """Fine-tune with TRL's SFTTrainer on exactly the tokens `sft preview` shows (prepared once, cached), in
     padding-free batches (attention never crosses examples)."""
     loaded = load(recipe, set_)  # a bad recipe fails here, before any model loads
-    if num_processes > 1 or accelerate_config:
+    import torch
+
+    from sft_cli.training.environment import detect_launch, processes_to_start
+
+    processes = processes_to_start(torch.cuda.device_count(), detect_launch(), num_processes)
+    if processes > 1 or (accelerate_config and not detect_launch().launched):
         from sft_cli.training.launch import launch_processes
 
-        raise typer.Exit(launch_processes(num_processes, accelerate_config))
+        if num_processes is None:
+            err.print(
+                f"{processes} GPUs visible: training in {processes} processes, one per GPU (--num-processes 1 "
+                "trains on one)",
+                highlight=False,
+            )
+        raise typer.Exit(launch_processes(processes, accelerate_config))
     if not verbose:
         quiet_libraries()
     from sft_cli.cli.view import ProgressView
     from sft_cli.training.run import train as run_training
-    from sft_cli.training.setup import distributed_state
+    from sft_cli.training.setup import distributed_state, process_group_timeout
 
-    is_main = distributed_state().is_main_process
+    is_main = distributed_state(process_group_timeout(loaded.recipe)).is_main_process
     console = out if is_main else Console(file=open(os.devnull, "w"))
     result = run_training(
         loaded,

@@ -162,9 +162,30 @@ def render_plan(console: Console, plan) -> None:
             value = memory_line(value)
         if key == "memory_warning" and not value:
             continue
+        if key == "environment":
+            for row in environment_rows(value):
+                table.add_row(*row)
+            continue
         shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
         table.add_row(key.replace("_", " "), shown)
     console.print(table)
+
+
+def environment_rows(env: dict) -> list[tuple[str, str]]:
+    """The environment decision (training/environment.py), a row per choice and one per note."""
+    processes = f"{env['processes']} ({env['sharding']})" if env["processes"] > 1 else "1"
+    weights = f"{env['trained_weights']} trained"
+    if env["frozen_weights"] != env["trained_weights"]:
+        weights += f", {env['frozen_weights']} frozen"
+    rows = [
+        ("device", env["device"]),
+        ("processes", processes),
+        ("precision", env["precision"]),
+        ("weights", weights),
+        ("attention", env["attention"]),
+        ("loss", env["loss"]),
+    ]
+    return rows + [("note", note) for note in env["notes"]]
 
 
 def memory_line(memory: dict) -> str:

@@ -278,12 +278,12 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def save_final_model(run_dir: Path, model, tokenizer, record: RunRecord) -> None:
+def save_final_model(run_dir: Path, model, tokenizer, record: RunRecord, weights: dict | None = None) -> None:
     """The trained model, tokenizer and run record, written aside and moved in: a run folder never holds half a
-    final model."""
+    final model. `weights`: the whole state dict when the model is sharded over processes (training/gather.py)."""
     aside = run_dir / ".final.partial"
     shutil.rmtree(aside, ignore_errors=True)
-    model.save_pretrained(aside)
+    model.save_pretrained(aside, state_dict=weights)
     tokenizer.save_pretrained(aside)
     write_record(aside, record)
     for item in aside.iterdir():

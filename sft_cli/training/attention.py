@@ -13,7 +13,7 @@ attention sinks as in gpt-oss) keep their own implementation, with transformers'
 
 from __future__ import annotations
 
-VARLEN = "sft_varlen"
+VARLEN = "sft_varlen"  # the per-sequence kernel's name in transformers' attention registry
 
 
 def varlen_attention(
@@ -36,7 +36,7 @@ def varlen_attention(
         raise RuntimeError("sft_varlen attention needs a padding-free batch with cu_seq_lens_q (sft's collator)")
     window = sliding_window or getattr(module, "sliding_window", None)  # a keyword (Mistral) or the layer's own
     groups = query.shape[1] // key.shape[1]
-    bounds = cu_seq_lens_q.tolist()
+    bounds = sequence_bounds(cu_seq_lens_q)
     outputs = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
@@ -52,6 +52,17 @@ def varlen_attention(
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
+def sequence_bounds(cu_seq_lens) -> list[int]:
+    """The boundaries as Python ints, read from the device once per batch: every layer (and the recompute under
+    gradient checkpointing) gets the same tensor, and each read of a CUDA tensor waits for the GPU. Kept on the
+    tensor itself, so it lives exactly as long as the batch."""
+    bounds = getattr(cu_seq_lens, "_sft_bounds", None)
+    if bounds is None:
+        bounds = cu_seq_lens.tolist()
+        cu_seq_lens._sft_bounds = bounds
+    return bounds
+
+
 def _no_mask(*args, **kwargs):
     return None  # sequence boundaries travel in cu_seq_lens_q; a dense mask would be T^2 for nothing
 
@@ -65,32 +76,21 @@ def register() -> None:
     AttentionMaskInterface.register(VARLEN, _no_mask)
 
 
-def needs_own_attention(model) -> bool:
-    """True where the model's attention is more than causal softmax (soft-capping, sinks): keep its own kernel."""
+def own_attention(model) -> str | None:
+    """Why the model's attention is more than causal softmax (soft-capping, sinks), so it keeps its own kernel;
+    None when sft's per-sequence kernel computes the same."""
     config = model.config.get_text_config()
     if getattr(config, "attn_logit_softcapping", None) or getattr(config, "final_attn_softcapping", None):
-        return True
-    return any(name.endswith(".sinks") or name == "sinks" for name, _ in model.named_parameters())
+        return "logit soft-capping"
+    if any(name.endswith(".sinks") or name == "sinks" for name, _ in model.named_parameters()):
+        return "attention sinks"
+    return None
 
 
-def use_sequence_attention(model) -> str:
-    """Switch `model` to the attention padding-free batches need; returns the implementation now in use."""
-    import importlib.util
-
-    import torch
-
-    if needs_own_attention(model):
-        return model.config._attn_implementation
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        name = "flash_attention_2"
-    else:
+def use_attention(model, name: str) -> None:
+    """Switch `model` to `name`: the attention the run's environment chose (environment.choose_attention), or back
+    to the one it was loaded with before saving (a saved model must not need sft's kernel)."""
+    if name == VARLEN:
         register()
-        name = VARLEN
-    model.set_attn_implementation(name)
-    return name
-
-
-def restore_attention(model, name: str) -> None:
-    """Back to the implementation the model was loaded with (saved configs and generation must not need sft)."""
     if model.config._attn_implementation != name:
         model.set_attn_implementation(name)

@@ -56,6 +56,18 @@ def diverged_error(state: RunState, run_dir: Path, learning_rate: float, is_main
     )
 
 
+def agree_on_interrupt(state: RunState, device) -> None:
+    """Every rank stops at the same step when any one was signalled (a signal may reach some ranks only, or
+    between two of their steps): each step the ranks share the signal they received, if any."""
+    import torch
+    import torch.distributed as dist
+
+    received = torch.tensor([state.signal_number if state.interrupted else 0], device=device)
+    dist.all_reduce(received, op=dist.ReduceOp.MAX)
+    if received.item() and not state.interrupted:
+        state.interrupted, state.signal_number = True, int(received.item())
+
+
 def make_callbacks(
     recipe: Recipe,
     run_dir: Path,
@@ -93,8 +105,10 @@ def make_callbacks(
                 progress.start("train", st.max_steps)
 
         def _interrupt(self, signum, frame):
-            if state.interrupted:  # second Ctrl-C: stop now
-                raise KeyboardInterrupt
+            if state.interrupted:
+                if signum == signal.SIGINT and state.signal_number == signal.SIGINT:  # Ctrl-C again: stop now
+                    raise KeyboardInterrupt
+                return  # a scheduler's SIGTERM may come twice (to the job and through sft's launcher)
             state.interrupted, state.signal_number = True, signum
             if is_main:
                 name = "interrupt" if signum == signal.SIGINT else signal.Signals(signum).name
@@ -105,6 +119,8 @@ def make_callbacks(
                 self.heap.after_step()
             if state.stop_at_step == st.global_step:
                 os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during this step
+            if args.world_size > 1:
+                agree_on_interrupt(state, args.device)
             if state.interrupted:
                 control.should_save = True
                 control.should_training_stop = True

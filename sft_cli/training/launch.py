@@ -1,9 +1,13 @@
-"""Re-run `sft train` in several processes: torchrun on CPU (gloo), `accelerate launch` on GPUs or with a config."""
+"""Re-run `sft train` in several processes on this machine: sft starts the ranks itself (gloo on CPU, one GPU each on
+GPUs), or `accelerate launch` with an accelerate config (FSDP, DeepSpeed, several machines)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -35,32 +39,76 @@ def check_accelerate_config(path: Path, cuda: bool) -> None:
 
 
 def launch_processes(num_processes: int, accelerate_config: Path | None) -> int:
-    """Run this very command again in N processes and return their exit code. Without a config: torchrun on
-    CPU, where accelerate's own CPU launcher needs MPI; `accelerate launch --multi_gpu` on GPUs."""
+    """Run this very command again in N processes and return their exit code (the arguments travel unchanged: a
+    process that a launcher started trains where it is, and its resume command names --num-processes too).
+    With an accelerate config, `accelerate launch` sets up FSDP or DeepSpeed; otherwise sft starts the ranks
+    itself, on CPU (gloo) and GPUs (one per process) alike, so that a signal reaches each of them once."""
     import torch
 
     cuda = torch.cuda.is_available()
+    command = [sys.executable, "-m", "sft_cli", *sys.argv[1:]]
     if accelerate_config:
         check_accelerate_config(accelerate_config, cuda)
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip or arg.startswith(("--num-processes=", "--accelerate-config=")):
-            skip = False
-            continue
-        if arg in ("--num-processes", "--accelerate-config"):
-            skip = True
-            continue
-        args.append(arg)
-    if accelerate_config or cuda:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
-        command += ["--config_file", str(accelerate_config)] if accelerate_config else ["--multi_gpu"]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",  # a free port, one machine
-            "--nproc_per_node",
-            str(num_processes),
-        ]
-    return subprocess.call([*command, "-m", "sft_cli", *args])
+        accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
+        return supervise([[*accelerate, "--config_file", str(accelerate_config), *command[1:]]], [dict(os.environ)])
+    return supervise([command] * num_processes, rank_environments(num_processes, cuda))
+
+
+def rank_environments(processes: int, cuda: bool) -> list[dict[str, str]]:
+    """What torchrun would set for each rank of one machine, and a fair share of the CPU threads each: two ranks
+    each running as many threads as there are cores slow each other down several times over."""
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    shared = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": str(processes),
+        "LOCAL_WORLD_SIZE": str(processes),
+        "GROUP_RANK": "0",
+    }
+    if "OMP_NUM_THREADS" not in os.environ and not cuda:
+        shared["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    return [{**os.environ, **shared, "RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in range(processes)]
+
+
+GRACE_S = 30  # how long the other ranks get to end by themselves once one has failed
+
+
+def supervise(commands: list[list[str]], environments: list[dict[str, str]]) -> int:
+    """Start the processes and wait for them all. They share this process group, so a terminal's Ctrl-C reaches
+    each rank once, by the terminal (each checkpoints and exits 130); SIGTERM, which a scheduler or `docker stop`
+    sends to this process alone, is passed on to every one. Returns the interrupt's exit code when they were
+    interrupted, else the first failure's. A rank that fails leaves the others waiting in a collective: after a
+    grace period they are stopped."""
+    children = [subprocess.Popen(command, env=env) for command, env in zip(commands, environments)]
+
+    def forward(signum, frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}  # the ranks had it from the terminal
+    previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = wait_all(children)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return next((code for code in codes if code in (130, 143)), next((code for code in codes if code), 0))
+
+
+def wait_all(children: list[subprocess.Popen]) -> list[int]:
+    """Every child's exit code; once one fails, the rest get GRACE_S seconds, then are killed."""
+    failed_at = None
+    while any(child.poll() is None for child in children):
+        if failed_at is None and any(child.returncode for child in children if child.returncode is not None):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+        time.sleep(0.2)
+    return [child.returncode for child in children]

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 
 from sft_cli.recipe.schema import Recipe
+from sft_cli.training.environment import CHUNKED, FULL_LOGITS, FUSED, Environment
 
 MB = 2**20
 ADAM_STATES = 2  # AdamW keeps two moments per trainable parameter, in the parameter's dtype
@@ -106,20 +107,32 @@ def longest_batch(lengths: list[int], batch_size: int, layout: str, max_length: 
 
 @dataclass(frozen=True)
 class TrainingShape:
-    """The recipe's choices that move memory."""
+    """The recipe's and the environment's choices that move memory."""
 
-    dtype_bytes: int  # 4 fp32, 2 bf16 (fp16 mixed precision keeps fp32 weights)
+    activation_bytes: int  # 4 in fp32, 2 under bf16/fp16 autocast
     tokens: int  # of the longest micro-batch
-    trained_share: float  # trained tokens / all tokens (the chunked loss only sees trained tokens)
+    trained_share: float  # trained tokens / all tokens (the chunked and fused losses only see trained tokens)
     gradient_checkpointing: bool
-    chunked_loss: bool
+    chunked_loss: bool  # sft's chunked loss (CPU) or TRL's fused head (CUDA): never the full logits
     runtime: int  # bytes of the process before the model: interpreter, libraries, tokenizer, data
     foreach_optimizer: bool = False  # on CUDA: torch's AdamW updates all tensors at once; no heap fragmentation
+    trained_bytes: float = 4  # per trainable parameter (its weight, gradient and each AdamW moment)
+    frozen_bytes: float = 4  # per frozen parameter (LoRA's base: bf16, or 4-bit)
+    shards: tuple[int, int, int] = (1, 1, 1)  # what weights, gradients and optimizer state are divided by
+
+
+def shards(env: Environment) -> tuple[int, int, int]:
+    """Per process, FSDP and ZeRO-3 keep 1/N of weights, gradients and optimizer state, ZeRO-2 of the latter two,
+    ZeRO-1 of the optimizer state (the layer being computed is gathered in full; not counted)."""
+    n = env.processes
+    return {"fsdp1": (n, n, n), "fsdp2": (n, n, n), "zero3": (n, n, n), "zero2": (1, n, n), "zero1": (1, 1, n)}.get(
+        env.sharding, (1, 1, 1)
+    )
 
 
 def forecast_parts(shape: ModelShape, training: TrainingShape) -> dict[str, int]:
     """Bytes by part (see the module docstring)."""
-    size, tokens = training.dtype_bytes, training.tokens
+    size, tokens = training.activation_bytes, training.tokens
     per_layer = 9 * shape.hidden + 2 * shape.key_value_width + 4 * shape.intermediate
     per_layer_bytes = per_layer * size + shape.lora_inputs * (size + 1)
     if training.gradient_checkpointing:
@@ -135,11 +148,14 @@ def forecast_parts(shape: ModelShape, training: TrainingShape) -> dict[str, int]
         logits = min(CHUNK_BYTES, trained * shape.vocabulary * 4) * 2 + head + trained * shape.hidden * size
     else:  # the logits, their log-softmax, and the gradient of each in backward (fp32)
         logits = 3 * tokens * shape.vocabulary * 4
-    gradients = shape.trainable_parameters * size
+    weight_shards, gradient_shards, optimizer_shards = training.shards
+    trained = shape.trainable_parameters * training.trained_bytes
+    frozen = (shape.total_parameters - shape.trainable_parameters) * training.frozen_bytes
+    gradients = int(trained / gradient_shards)
     return {
         "runtime": training.runtime,
-        "weights": shape.total_parameters * size,
-        "optimizer": ADAM_STATES * shape.trainable_parameters * size,
+        "weights": int((trained + frozen) / weight_shards),
+        "optimizer": int(ADAM_STATES * trained / optimizer_shards),
         "gradients": gradients,
         "activations": activations,
         "logits": logits,
@@ -155,26 +171,42 @@ def forecast_parts(shape: ModelShape, training: TrainingShape) -> dict[str, int]
 
 
 def forecast(
-    recipe: Recipe, shape: ModelShape, lengths: list[int], trained_share: float, layout: str, runtime: int
+    recipe: Recipe,
+    shape: ModelShape,
+    lengths: list[int],
+    trained_share: float,
+    layout: str,
+    runtime: int,
+    env: Environment,
 ) -> MemoryForecast:
-    """The forecast for `recipe` on a model of `shape` with these encoded lengths, and, when it would fill more
-    than 90% of the device's memory, the cheapest recipe changes with their own forecasts."""
-    import torch
-
+    """The forecast for `recipe` in `env` on a model of `shape` with these encoded lengths, and, when it would fill
+    more than 90% of the device's memory, the cheapest recipe changes with their own forecasts."""
     t = recipe.training
-    on_cuda = torch.cuda.is_available()
-    size = 4 if recipe_dtype(recipe) == "fp32" else 2
+    sizes = dict(
+        activation_bytes=4 if env.precision == "fp32" else 2,
+        foreach_optimizer=env.on_cuda,
+        trained_bytes=env.weight_bytes(trainable=True),
+        frozen_bytes=env.weight_bytes(trainable=False),
+        shards=shards(env),
+    )
 
     def total(batch_size: int, checkpointing: bool, chunked: bool, model: ModelShape, max_length: int) -> tuple:
         fitting = [min(n, max_length) for n in lengths]
         tokens, _ = longest_batch(fitting, batch_size, layout, max_length)
-        training = TrainingShape(size, tokens, trained_share, checkpointing, chunked, runtime, on_cuda)
+        training = TrainingShape(
+            tokens=tokens,
+            trained_share=trained_share,
+            gradient_checkpointing=checkpointing,
+            chunked_loss=chunked,
+            runtime=runtime,
+            **sizes,
+        )
         return forecast_parts(model, training), tokens
 
     now = dict(
         batch_size=t.batch_size,
         checkpointing=t.gradient_checkpointing,
-        chunked=t.chunked_loss,
+        chunked=env.loss in (CHUNKED, FUSED),
         model=shape,
         max_length=recipe.max_length,
     )
@@ -182,17 +214,18 @@ def forecast(
     result = MemoryForecast(parts, device_memory_bytes(runtime), tokens)
     if result.too_big:
         result.fixes = [
-            (change, sum(total(**{**now, **fix})[0].values())) for change, fix in cheapest_fixes(recipe, shape, lengths)
+            (change, sum(total(**{**now, **fix})[0].values()))
+            for change, fix in cheapest_fixes(recipe, shape, lengths, env)
         ]
     return result
 
 
-def cheapest_fixes(recipe: Recipe, shape: ModelShape, lengths: list[int]) -> list[tuple[str, dict]]:
+def cheapest_fixes(recipe: Recipe, shape: ModelShape, lengths: list[int], env: Environment) -> list[tuple[str, dict]]:
     """Recipe changes that lower the peak, cheapest first (none costs quality except the last two): each as its
     recipe text and the forecast's arguments it changes."""
     t = recipe.training
     options = []
-    if not t.chunked_loss:
+    if not t.chunked_loss and env.loss == FULL_LOGITS and not env.on_cuda and env.processes == 1:
         options.append(("training.chunked_loss: true", {"chunked": True}))
     if t.batch_size > 1:
         half = t.batch_size // 2
@@ -218,17 +251,17 @@ def lora_parameters(shape: ModelShape, rank: int) -> int:
     return shape.layers * per_layer
 
 
-def run_forecast(recipe: Recipe, model, lengths: list[int], trained_share: float, runtime: int) -> MemoryForecast:
-    """The forecast for a run about to train `model` (loaded, or a skeleton on the meta device) on examples of
-    these lengths; `runtime` is the process's resident memory before the model (counted on CPU only: CUDA's
+def run_forecast(
+    recipe: Recipe, model, lengths: list[int], trained_share: float, runtime: int, env: Environment
+) -> MemoryForecast:
+    """The forecast for a run about to train `model` (loaded, or a skeleton on the meta device) in `env` on examples
+    of these lengths; `runtime` is the process's resident memory before the model (counted on CPU only: CUDA's
     allocator counts tensors)."""
-    import torch
-
     from sft_cli.training.setup import layout
 
     shape = model_shape(model, recipe.lora.dropout if recipe.lora else 0.0)
-    runtime = 0 if torch.cuda.is_available() else runtime
-    return forecast(recipe, shape, lengths, trained_share, layout(recipe), runtime)
+    runtime = 0 if env.on_cuda else runtime
+    return forecast(recipe, shape, lengths, trained_share, layout(recipe), runtime, env)
 
 
 def recipe_forecast(recipe: Recipe, progress) -> MemoryForecast:
@@ -238,6 +271,7 @@ def recipe_forecast(recipe: Recipe, progress) -> MemoryForecast:
     from sft_cli.encoding.mixing import prepare_mix
     from sft_cli.encoding.templates import extra_special_tokens, render_options
     from sft_cli.training.batching import sequence_lengths
+    from sft_cli.training.environment import detect
     from sft_cli.training.setup import lora_model
 
     tokenizer = load_tokenizer(recipe)
@@ -245,22 +279,18 @@ def recipe_forecast(recipe: Recipe, progress) -> MemoryForecast:
     mix = prepare_mix(recipe, tokenizer, ("train",), cache=True, progress=progress, options=options)
     runtime = resident_bytes()
     model = load_model_skeleton(recipe.model, len(tokenizer))
+    env = detect(recipe, lambda: model)
     if recipe.lora:
-        model = lora_model(model, recipe, tokenizer.convert_tokens_to_ids(extra_special_tokens(recipe.template)))
+        new_ids = tokenizer.convert_tokens_to_ids(extra_special_tokens(recipe.template))
+        model = lora_model(model, recipe, new_ids, env)
     lengths = sequence_lengths(mix.train_dataset())
-    return run_forecast(recipe, model, lengths, trained_share(mix), runtime)
+    return run_forecast(recipe, model, lengths, trained_share(mix), runtime, env)
 
 
 def trained_share(mix) -> float:
     """Trained tokens / all tokens over the mix's sources (the chunked loss sends only trained tokens to the head)."""
     tokens = sum(p.tokens for p in mix.parts)
     return sum(p.trained_tokens for p in mix.parts) / tokens if tokens else 1.0
-
-
-def recipe_dtype(recipe: Recipe) -> str:
-    from sft_cli.training.setup import pick_precision
-
-    return pick_precision(recipe.training.precision)[1]
 
 
 def device_memory_bytes(runtime: int) -> int | None:

@@ -11,9 +11,8 @@ from sft_cli.encoding.templates import extra_special_tokens
 from sft_cli.recipe.schema import Recipe
 from sft_cli.runs.folder import RunFolder
 from sft_cli.training.batching import BatchPlan
-from sft_cli.training.chunked_loss import head_of
+from sft_cli.training.environment import Environment
 from sft_cli.training.memory import memory_warning, run_forecast, trained_share
-from sft_cli.training.setup import no_gpu
 
 
 @dataclass
@@ -21,9 +20,7 @@ class Plan:
     """What a run will do, known before any step: printed by --dry-run and recorded in run.json."""
 
     run_dir: Path
-    device: str
-    precision: str
-    world_size: int
+    environment: Environment  # device, processes, sharding, precision, weights' dtypes, attention, loss, notes
     train_examples: int
     eval_examples: int
     train_tokens: int
@@ -36,42 +33,42 @@ class Plan:
     new_tokens: list[str] = field(default_factory=list)
     resume_from: str | None = None
     batching: dict = field(default_factory=dict)  # layout, tokens per step, padding share, packing efficiency
-    attention: str = ""  # the attention implementation training runs with
-    loss: str = ""  # how the loss is computed: chunked (trained tokens only), full logits, or TRL's fused head
     prepared: dict = field(default_factory=dict)  # per split: fingerprint, whether the cache had it, folder
     sources: list = field(default_factory=list)  # each source's examples, share, tokens (and hub revision)
     memory: dict = field(default_factory=dict)  # the peak memory forecast per process (memory.py)
     memory_warning: str | None = None  # when the forecast fills more than 90% of the device's memory
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        return {k: shown(v) for k, v in self.__dict__.items()}
+
+
+def shown(value):
+    """A plan value as run.json writes it."""
+    if isinstance(value, Path):
+        return str(value)
+    return value.as_dict() if isinstance(value, Environment) else value
 
 
 def make_plan(
     recipe: Recipe,
     run_folder: RunFolder,
-    device: str,
-    precision: str,
-    world: int,
+    env: Environment,
     mix: Mix,
     batch_plan: BatchPlan,
     lengths: list[int],
     model,
-    attention: str,
     runtime: int,
 ) -> Plan:
-    """The plan from the setup stages' results: the sources' mix, the batch plan, the model, and the process's
-    resident memory before the model loaded (`runtime`)."""
+    """The plan from the setup stages' results: the environment, the sources' mix, the batch plan, the model, and
+    the process's resident memory before the model loaded (`runtime`)."""
     t = recipe.training
     train, evaluation = mix.stats("train"), mix.stats("eval")
-    per_step = t.batch_size * t.gradient_accumulation_steps * world
+    per_step = t.batch_size * t.gradient_accumulation_steps * env.processes
     steps = t.max_steps or max(1, int(-(-batch_plan.items // per_step) * t.epochs))
-    memory = run_forecast(recipe, model, lengths, trained_share(mix), runtime)
+    memory = run_forecast(recipe, model, lengths, trained_share(mix), runtime, env)
     return Plan(
         run_dir=run_folder.path,
-        device=device,
-        precision=precision,
-        world_size=world,
+        environment=env,
         train_examples=mix.examples,
         eval_examples=evaluation.examples,
         train_tokens=sum(p.tokens for p in mix.parts),
@@ -89,16 +86,6 @@ def make_plan(
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_parameters=sum(p.numel() for p in model.parameters()),
         new_tokens=extra_special_tokens(recipe.template),
-        attention=attention,
-        loss=loss_kind(recipe, model, world),
         memory=memory.as_dict(),
         memory_warning=memory_warning(memory),
     )
-
-
-def loss_kind(recipe: Recipe, model, processes: int) -> str:
-    """How the trainer computes the loss (see trainer.py)."""
-    if not no_gpu():
-        return "TRL fused LM head"
-    chunked = recipe.training.chunked_loss and processes == 1 and head_of(model) is not None
-    return "chunked" if chunked else "full logits"

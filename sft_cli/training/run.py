@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sft_cli.encoding.loading import load_model, load_tokenizer
+from sft_cli.encoding.loading import load_model, load_model_skeleton, load_tokenizer
 from sft_cli.encoding.mixing import Mix, prepare_mix
 from sft_cli.encoding.rendered import RenderOptions
 from sft_cli.encoding.templates import extra_special_tokens, render_options
@@ -36,9 +36,11 @@ from sft_cli.runs.folder import (
     write_started_recipe,
 )
 from sft_cli.runs.record import RunRecord
-from sft_cli.training.attention import restore_attention, use_sequence_attention
+from sft_cli.training.attention import use_attention
 from sft_cli.training.batching import BatchPlan, Collator, bins_dataset, plan_batches, sequence_lengths
 from sft_cli.training.callbacks import RunState, diverged_error, make_callbacks
+from sft_cli.training.environment import Environment, detect
+from sft_cli.training.gather import full_state_dict
 from sft_cli.training.memory import MB, measured_peak, resident_bytes
 from sft_cli.training.plan import Plan, make_plan
 from sft_cli.training.setup import (
@@ -49,8 +51,6 @@ from sft_cli.training.setup import (
     gathered,
     layout,
     lora_model,
-    no_gpu,
-    pick_precision,
     quantization,
     sft_config,
     trainer_arg_names,
@@ -80,7 +80,6 @@ class TrainingModel:
     not need sft's attention)."""
 
     model: Any
-    attention: str
     loaded_attention: str
     runtime: int  # the process's resident bytes before the model loaded (the memory forecast's runtime part)
 
@@ -192,28 +191,27 @@ def setup_data(recipe: Recipe, distributed, no_cache: bool, progress: Progress) 
     return TrainingData(tokenizer, options, mix, train_rows, eval_rows, batch_plan, lengths, bins, root[0])
 
 
-def setup_model(recipe: Recipe, precision: str, tokenizer, quantization_config) -> TrainingModel:
-    """The model in its training precision, with per-sequence attention for padding-free batches and LoRA
+def setup_model(recipe: Recipe, env: Environment, tokenizer) -> TrainingModel:
+    """The model in the environment's dtypes (fp32 master weights for full fine-tuning) and attention, with LoRA
     adapters when asked; the template's special tokens get embedding rows (trained under LoRA too)."""
     import torch
 
-    # fp16 mixed precision keeps fp32 master weights; bf16 trains in bf16
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    quantization_config = quantization(recipe, env)
     runtime = resident_bytes()
-    model = load_model(recipe.model, dtype, quantization_config, len(tokenizer))
+    model = load_model(recipe.model, getattr(torch, env.load_dtype), quantization_config, len(tokenizer))
     loaded_attention = model.config._attn_implementation
-    attention = use_sequence_attention(model) if recipe.training.padding_free else loaded_attention
+    use_attention(model, env.attention)
     if recipe.lora:
         new_ids = tokenizer.convert_tokens_to_ids(extra_special_tokens(recipe.template))
-        model = lora_model(model, recipe, new_ids)
+        model = lora_model(model, recipe, new_ids, env)
     if recipe.training.compile:
         compile_decoder_layers(model)
-    return TrainingModel(model, attention, loaded_attention, runtime)
+    return TrainingModel(model, loaded_attention, runtime)
 
 
 def setup_trainer(
     recipe: Recipe,
-    run_folder: RunFolder,
+    args,
     plan: Plan,
     data: TrainingData,
     model: TrainingModel,
@@ -221,8 +219,8 @@ def setup_trainer(
     progress: Progress,
     trackers: Trackers | None,
 ):
-    """TRL's SFTTrainer on the prepared rows, with sft's collator, callbacks and loss; `trackers` on the main
-    process only."""
+    """TRL's SFTTrainer with `args` (setup.sft_config) on the prepared rows, with sft's collator, callbacks and
+    loss; `trackers` on the main process only."""
     from transformers import PrinterCallback
 
     from sft_cli.training.trainer import SftTrainer
@@ -230,15 +228,14 @@ def setup_trainer(
     padding_free = recipe.training.padding_free
     trainer = SftTrainer(
         model=model.model,
-        fused_loss=not no_gpu(),
-        chunked_loss=recipe.training.chunked_loss,
-        args=sft_config(recipe, run_folder.path, plan.precision, data.eval_rows is not None, padding_free),
+        loss=plan.environment.loss,
+        args=args,
         train_dataset=bins_dataset(data.bins) if data.bins is not None else data.train_rows,
         eval_dataset=data.eval_rows,
         processing_class=data.tokenizer,
         data_collator=Collator(data.tokenizer.pad_token_id, padding_free=padding_free, source=data.train_rows),
         callbacks=make_callbacks(
-            recipe, run_folder.path, progress, trackers is not None, state, trackers, plan.memory["forecast_mb"] * MB
+            recipe, plan.run_dir, progress, trackers is not None, state, trackers, plan.memory["forecast_mb"] * MB
         ),
     )
     trainer.remove_callback(PrinterCallback)  # our progress view replaces the raw log dicts
@@ -274,23 +271,16 @@ def prepare(
 def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, stop_at_step, no_cache) -> Session:
     """The stages after the run folder is held (see `prepare`)."""
     recipe = loaded.recipe
-    device, precision = pick_precision(recipe.training.precision)
-    quantization_config = quantization(recipe)  # QLoRA without a GPU fails here, before any encoding
+    env = detect(recipe, lambda: load_model_skeleton(recipe.model))  # what this hardware cannot run fails here
+    if env.is_main:
+        for note in env.notes:
+            progress.note(f"note: {note}")
     data = setup_data(recipe, distributed, no_cache, progress)
-    model = setup_model(recipe, precision, data.tokenizer, quantization_config)
-    plan = make_plan(
-        recipe,
-        run_folder,
-        device,
-        precision,
-        distributed.num_processes,
-        data.mix,
-        data.batch_plan,
-        data.lengths,
-        model.model,
-        model.attention,
-        model.runtime,
-    )
+    # before the model loads: under DeepSpeed ZeRO-3 the arguments set up `zero.Init`, so that each rank loads only
+    # its partition of the weights rather than a whole copy
+    args = sft_config(recipe, run_folder.path, env, data.eval_rows is not None)
+    model = setup_model(recipe, env, data.tokenizer)
+    plan = make_plan(recipe, run_folder, env, data.mix, data.batch_plan, data.lengths, model.model, model.runtime)
     if plan.memory_warning and distributed.is_main_process:
         progress.note(f"warning: {plan.memory_warning}")
     session = Session(
@@ -315,7 +305,7 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
             recipe.training.tracker_project or loaded.name,
             checkpoint_step(run_folder.resume_from),
         )
-    session.trainer = setup_trainer(recipe, run_folder, plan, data, model, session.state, progress, session.trackers)
+    session.trainer = setup_trainer(recipe, args, plan, data, model, session.state, progress, session.trackers)
     session.collator = session.trainer.data_collator
     return session
 
@@ -351,7 +341,7 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
         if plan.resume_from:
             trim_metrics(run_dir, plan.resume_from)
         session.progress.note(
-            f"run folder {run_dir} | {plan.device} | {plan.precision} | {plan.train_examples} "
+            f"run folder {run_dir} | {plan.environment.summary()} | {plan.train_examples} "
             f"examples | {plan.steps} steps | {plan.trainable_parameters:,} trainable parameters"
         )
     if session.trackers is not None:
@@ -381,10 +371,14 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
             command += f" --resume --set output.dir={run_dir}"
         result.resume_command = command
         result.exit_code = 128 + session.state.signal_number
-    restore_attention(trainer.model, session.model.loaded_attention)
+    use_attention(trainer.model, session.model.loaded_attention)
+    keep_model = stop_reason not in ("interrupted", "diverged")
+    # every rank takes part: under FSDP2 and ZeRO-3 the weights are gathered from all of them
+    weights = full_state_dict(trainer.model, trainer.accelerator, trainer.model_wrapped) if keep_model else None
     if session.is_main:
-        if stop_reason not in ("interrupted", "diverged"):
-            save_final_model(run_dir, trainer.model, session.tokenizer, run_record(loaded.recipe, session.data))
+        if keep_model:
+            record = run_record(loaded.recipe, session.data)
+            save_final_model(run_dir, trainer.model, session.tokenizer, record, weights)
         facts = run_facts(session, result, wall, rows_by_rank, prepared_by_rank)
         write_run_files(run_dir, loaded.recipe, facts)
         if session.trackers is not None:

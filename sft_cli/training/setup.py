@@ -5,17 +5,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sft_cli.device import native_bf16
 from sft_cli.errors import SftError
 from sft_cli.recipe.schema import Recipe
 from sft_cli.runs.record import CHECKPOINTS
+from sft_cli.training.environment import Environment
+
+DDP_TIMEOUT_S = 1800  # transformers' default for `ddp_timeout`
 
 
-def distributed_state():
-    """Accelerate's process state; on a machine without GPU it must be told so to form a gloo group."""
+def process_group_timeout(recipe: Recipe) -> int:
+    """Seconds a collective may wait: the recipe's `trainer_args.ddp_timeout`, also while rank 0 encodes the data or
+    saves the model (the process group exists before the trainer does, so it must be given it at creation)."""
+    return int(recipe.trainer_args.get("ddp_timeout", DDP_TIMEOUT_S))
+
+
+def distributed_state(timeout_s: int | None = None):
+    """Accelerate's process state (created once; the first call's timeout holds); on a machine without GPU it must
+    be told so to form a gloo group."""
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    return PartialState(cpu=no_gpu())
+    if timeout_s is None:
+        return PartialState(cpu=no_gpu())
+    return PartialState(cpu=no_gpu(), timeout=timedelta(seconds=timeout_s))
 
 
 def gathered(value) -> list:
@@ -28,21 +41,6 @@ def gathered(value) -> list:
 def checkpoint_step(checkpoint: str | None) -> int | None:
     """The step a checkpoint folder (`checkpoint-<step>`) was saved at; None when not resuming."""
     return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else None
-
-
-def pick_precision(requested: str) -> tuple[str, str]:
-    """(device, precision): bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (bf16 is ~8x slower
-    there). An explicit choice is honoured where the hardware can run it."""
-    import torch
-
-    if torch.cuda.is_available():
-        device = f"cuda ({torch.cuda.get_device_name(0)})"
-        auto = "bf16" if native_bf16() else "fp16"
-    else:
-        device, auto = "cpu", "fp32"
-        if requested == "fp16":
-            raise SftError("training.precision: fp16 needs a CUDA GPU", hint="use precision: auto (fp32 on CPU)")
-    return device, auto if requested == "auto" else requested
 
 
 def no_gpu() -> bool:
@@ -66,7 +64,7 @@ def layout(recipe: Recipe) -> str:
     return "packed" if t.packing else "padding_free" if t.padding_free else "padded"
 
 
-def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool, padding_free: bool):
+def sft_config(recipe: Recipe, run_dir: Path, env: Environment, has_eval: bool):
     """TRL's arguments, every recipe field passed explicitly (TRL's own defaults differ from transformers': e.g.
     gradient checkpointing on, bf16 on; none of them may decide silently; tests/test_train_config.py checks every
     field)."""
@@ -74,6 +72,7 @@ def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool, pa
 
     t = recipe.training
     early = t.early_stopping
+    padding_free = t.padding_free
     args = dict(
         output_dir=str(run_dir / CHECKPOINTS),
         learning_rate=recipe.learning_rate,
@@ -100,9 +99,13 @@ def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool, pa
         metric_for_best_model=early.metric if early else None,
         greater_is_better=(not early.metric.endswith("loss")) if early else None,
         report_to=[],  # sft drives the trackers itself (trackers.py)
-        use_cpu=no_gpu(),
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        use_cpu=not env.on_cuda,
+        bf16=env.precision == "bf16",  # autocast: the weights' dtypes are the environment's (environment.py)
+        fp16=env.precision == "fp16",
+        # every trainable parameter takes part in every step (full fine-tuning and LoRA alike): no extra autograd
+        # traversal per step, which transformers would switch on for any PeftModel
+        ddp_find_unused_parameters=False,
+        ddp_timeout=process_group_timeout(recipe),
         activation_checkpointing=t.gradient_checkpointing,  # TRL would default to True
         disable_tqdm=True,
         # padding-free batches have no padding; the pad id may be a real token (EOS) that "non_padding" would miss
@@ -112,10 +115,13 @@ def sft_config(recipe: Recipe, run_dir: Path, precision: str, has_eval: bool, pa
         max_length=None,
     )
     args.update(recipe.trainer_args)  # expert options win; checked against SFTConfig's fields already
-    return SFTConfig(**args)
+    config = SFTConfig(**args)
+    if config.n_gpu > 1:  # one process asked for on a machine of several GPUs: train on the first only (Trainer
+        config._n_gpu = 1  # would wrap the model in nn.DataParallel, which TRL refuses)
+    return config
 
 
-def lora_model(model, recipe: Recipe, new_token_ids: list[int]):
+def lora_model(model, recipe: Recipe, new_token_ids: list[int], env: Environment | None = None):
     """Wrap in PEFT LoRA. The embedding rows of the template's special tokens train too, and are saved in the
     adapter. Only input-embedding rows: TRL's fused LM head reads the output layer's weights directly, past any
     PEFT wrapper, so output-layer rows stay at their mean initialisation (tied models share them anyway)."""
@@ -135,7 +141,9 @@ def lora_model(model, recipe: Recipe, new_token_ids: list[int]):
         task_type="CAUSAL_LM",
         trainable_token_indices=trainable_tokens,
     )
-    peft_model = get_peft_model(model, config)
+    # adapters in fp32 over a bf16 base (PEFT's default), unless the environment keeps them in the base's dtype
+    same_dtype = env is not None and env.trained_weights == env.frozen_weights
+    peft_model = get_peft_model(model, config, autocast_adapter_dtype=not same_dtype)
     output = peft_model.get_output_embeddings()
     original = getattr(output, "original_module", None)
     if original is not None and "bias" not in dir(output):
@@ -186,22 +194,19 @@ def compile_counts() -> dict:
     return {"graphs": counters["stats"]["unique_graphs"], "frames_compiled": counters["frames"]["ok"]}
 
 
-def quantization(recipe: Recipe):
+def quantization(recipe: Recipe, env: Environment):
+    """QLoRA's 4-bit config (the environment checked that a GPU and bitsandbytes are there): nf4 weights computed
+    in the run's 16-bit precision, and stored in it too, so FSDP can shard them with the other parameters."""
     if not (recipe.lora and recipe.lora.load_in_4bit):
         return None
     import torch
-
-    if not torch.cuda.is_available():
-        raise SftError("lora.load_in_4bit (QLoRA) needs a CUDA GPU", hint="set lora.load_in_4bit: false on CPU")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise SftError("lora.load_in_4bit needs bitsandbytes", hint="pip install bitsandbytes") from None
     from transformers import BitsAndBytesConfig
 
+    compute = torch.float16 if env.precision == "fp16" else torch.bfloat16
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=compute,
         bnb_4bit_use_double_quant=True,
+        bnb_4bit_quant_storage=compute,
     )

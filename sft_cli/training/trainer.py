@@ -24,14 +24,15 @@ from trl import SFTTrainer
 
 from sft_cli.encoding.encode import IGNORE
 from sft_cli.training.chunked_loss import chunked_loss, head_of, hidden_states_out
+from sft_cli.training.environment import CHUNKED, FUSED
 
 
 class SftTrainer(SFTTrainer):
-    def __init__(self, *args, fused_loss: bool, chunked_loss: bool = False, **kwargs):
+    def __init__(self, *args, loss: str, **kwargs):
+        """`loss`: the environment's choice (environment.choose_loss)."""
         super().__init__(*args, **kwargs)
-        self.fused_loss = fused_loss
-        # DDP marks a parameter ready once per backward; the head's weight used past its forward breaks that
-        self.chunked_loss = chunked_loss and not fused_loss and self.accelerator.num_processes == 1
+        self.fused_loss = loss == FUSED
+        self.chunked_loss = loss == CHUNKED
         self._trained_tokens = torch.zeros((), dtype=torch.long)  # this process's, since the last log
         self._logged_step = 0
 

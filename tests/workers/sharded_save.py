@@ -1,0 +1,70 @@
+"""One process of tests/test_sharded_save.py: trains the tiny model a few AdamW steps and saves it through sft's
+own save path (training/gather.py, then runs/folder.save_final_model). Started by torchrun with 2 processes, it
+shards the model with torch's `fully_shard` (FSDP2) over gloo (accelerate builds FSDP only for GPU backends, so
+torch is driven directly); started alone, it is the one-process run the sharded one must equal.
+
+usage: sharded_save.py MODEL_DIR OUT_DIR full|lora STEPS
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sft_cli.recipe.schema import Recipe
+from sft_cli.runs.folder import save_final_model
+from sft_cli.runs.record import RunRecord
+from sft_cli.training.gather import full_state_dict
+from sft_cli.training.setup import lora_model
+
+
+def main(model_dir: str, out: str, kind: str, steps: int) -> None:
+    sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if sharded:
+        torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=60))
+    torch.manual_seed(0)
+    recipe = Recipe.model_validate(
+        {
+            "model": {"name": model_dir},
+            "data": {"path": "x.jsonl"},
+            "lora": {"r": 4, "dropout": 0.0} if kind == "lora" else None,
+        }
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if recipe.lora:
+        model = lora_model(model, recipe, [])
+    if sharded:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.get_base_model().model.layers if recipe.lora else model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    # the same batch on every rank: FSDP averages the ranks' gradients, so the step equals one process's
+    batch = tokenizer(["The capital of France is Paris.", "Two and two make four, not five."], padding=True)
+    ids = torch.tensor(batch["input_ids"])
+    labels = ids.masked_fill(torch.tensor(batch["attention_mask"]) == 0, -100)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=torch.tensor(batch["attention_mask"]), labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    weights = full_state_dict(model)  # every rank: a collective when sharded
+    if not sharded or torch.distributed.get_rank() == 0:
+        record = RunRecord(recipe.encoding, (tokenizer.eos_token,), recipe.model, lora=bool(recipe.lora))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        save_final_model(Path(out), model, tokenizer, record, weights)
+    if sharded:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
