@@ -30,6 +30,11 @@ class DataError(SftError):
     """A dataset file or row cannot be used."""
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler, `docker stop`, `kill`) raised as an exception, as Ctrl-C raises KeyboardInterrupt, so
+    that a command cleans up on the way out: worker processes ended, partial folders removed, locks released."""
+
+
 def _restore(cls, state: dict) -> SftError:
     error = cls.__new__(cls)
     Exception.__init__(error, state["message"])

@@ -3,6 +3,7 @@ entry is complete or absent, and a second process that built the same entry keep
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -18,9 +19,29 @@ def cache_home() -> Path:
 
 
 def build_aside(target: Path) -> Path:
-    """An empty folder beside `target` (`NAME.partial-*`) to build it in."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    """An empty folder beside `target` (`NAME.partial-*`) to build it in; a place sft cannot write to is one error
+    naming it, before any work."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    except OSError as error:
+        raise write_error(target.parent, error, "creating a folder") or error from None
+
+
+def write_error(folder: Path, error: BaseException, doing: str) -> SftError | None:
+    """The one error for a write that failed for its disk's sake (full, read-only, not permitted), naming the folder
+    and, when full, the space left; None for any other failure, which keeps its traceback."""
+    code = getattr(error, "errno", None)
+    if code == errno.ENOSPC or "No space left" in str(error):
+        existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
+        free = shutil.disk_usage(existing).free / 2**20
+        return SftError(
+            f"{folder}: no space left on the device while {doing} ({free:.1f} MB free)",
+            hint="free some space or write elsewhere; nothing half-written was kept",
+        )
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return SftError(f"{folder}: cannot write here while {doing} ({os.strerror(code)})")
+    return None
 
 
 def move_into_place(partial: Path, target: Path) -> None:

@@ -1,4 +1,4 @@
-"""Chats through official chat templates of thirteen families (tests/chat_templates/, origin in SOURCES.md): for every
+"""Chats through official chat templates of fourteen families (tests/chat_templates/, origin in SOURCES.md): for every
 trained turn, the trained tokens are what the template writes for that turn through its stop token, nothing else
 trains, and the ids before the turn are its generation prompt tokenized as one text."""
 
@@ -90,7 +90,7 @@ def test_trained_turns_are_the_templates_own_and_prompts_are_generation_prompts(
         ):
             encode_chat(tokenizer, chat, loss_turns=loss_turns)
         return
-    encoded, recipe = encode_chat(tokenizer, chat, loss_turns=loss_turns)
+    encoded, recipe = encode_chat(tokenizer, chat, loss_turns=loss_turns, max_length=4096)  # Command-R's preamble
     options = render_options(recipe, tokenizer)
     messages = template_messages(normalise(chat, "messages", {}, False)["messages"], tokenizer.chat_template, options)
     assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
@@ -377,3 +377,39 @@ def test_without_a_generation_config_stops_come_from_the_models_own_template(tin
         assert any(text.endswith(answer + stops[-1]) for text in trained), trained
     if family == "gpt-oss":
         assert all("<|channel|>final<|message|>" in text for text in trained), trained
+
+
+@pytest.mark.parametrize("generation_config", [True, False])
+def test_command_r7b_trains_each_turn_through_the_eos_that_ends_it(tiny_path, tmp_path, generation_config):
+    """Command-R7B ends an answer `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>` and its EOS is the second: without a
+    generation config the template's first closing token is a stop too, and the turn must still train through the
+    EOS (a model tuned only through `<|END_RESPONSE|>` never stops under a runtime that stops on EOS)."""
+    from sft_cli.encoding.tokens import stop_tokens
+
+    folder = build_family_tokenizer(FAMILIES["command-r7b"], tiny_path, tmp_path / "command-r7b")
+    if not generation_config:
+        (folder / "generation_config.json").unlink()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert stop_tokens(tokenizer)[0] == "<|END_OF_TURN_TOKEN|>"
+    for case in ("single", "multi", "system"):
+        encoded, _ = encode_chat(tokenizer, CHATS[case], max_length=4096)
+        trained = [text for _, text, _ in turns_of(tokenizer, encoded)]
+        answers = [m["content"] for m in CHATS[case]["messages"] if m["role"] == "assistant"]
+        assert trained == [f"<|START_RESPONSE|>{a}<|END_RESPONSE|><|END_OF_TURN_TOKEN|>" for a in answers], trained
+
+
+def test_apertus_tool_calls_train_only_where_a_runtime_stops_after_them(tiny_path, tmp_path):
+    """Apertus writes a tool call ending in `<|tools_suffix|>`, with the tool's output next in the same block. Its
+    generation config stops there; a model folder without one has no stop after the call: the call is then not
+    trained (it would teach the model to run on into the tool's output), and the warning counts it."""
+    for with_config in (True, False):
+        folder = build_family_tokenizer(FAMILIES["apertus"], tiny_path, tmp_path / str(with_config))
+        if not with_config:
+            (folder / "generation_config.json").unlink()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        encoded, _ = encode_chat(tokenizer, CHATS["tools"], max_length=2048)
+        trained = [text for _, text, _ in turns_of(tokenizer, encoded)]
+        call = '<|tools_prefix|>[{"get_weather": {"city": "Paris"}}]<|tools_suffix|>'
+        assert trained == ([call] if with_config else []) + ["It is 21 C in Paris.<|assistant_end|>"]
+        kinds = [w.kind for w in encoded.warnings]
+        assert ("tool_call_without_stop" in kinds) != with_config and "end_token_missing" not in kinds

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,21 @@ def test_bad_options_are_clear_errors(alpaca_run, tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("module", ["sentencepiece", "google.protobuf"])
+def test_gguf_export_without_the_export_extra_names_the_install_before_any_work(
+    alpaca_run, tmp_path, monkeypatch, module
+):
+    """llama.cpp's converter imports sentencepiece and protobuf: without them, the export stops at once with the
+    install command instead of a ModuleNotFoundError after the merge was written."""
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it raises ImportError
+    for fmt in ("gguf", "ollama"):
+        out = tmp_path / fmt
+        result = runner.invoke(app, ["export", str(alpaca_run), "--format", fmt, "-o", str(out), "--no-check"])
+        assert result.exit_code == 2 and "llama.cpp's converter imports it" in result.output, result.output
+        assert "pip install 'sft-cli[export]'" in result.output and "Traceback" not in result.output
+        assert not list(tmp_path.iterdir())
+
+
 def test_an_incomplete_run_or_an_existing_output_is_refused(alpaca_run, tmp_path):
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
@@ -258,7 +274,7 @@ def test_an_architecture_llama_cpp_cannot_convert_is_named(tiny_smollm, tmp_path
     result = runner.invoke(app, ["export", str(run), "--format", "gguf", "--no-check"])
     assert result.exit_code == 2, result.output
     assert "cannot convert this model: Model OPTForCausalLM is not supported" in result.output
-    assert "--format hf works" in result.output and not (tmp_path / "opt-run-gguf-f16.partial").exists()
+    assert "--format hf works" in result.output and not list(tmp_path.glob("opt-run-gguf-f16.partial*"))
     assert runner.invoke(app, ["export", str(run), "--format", "hf", "--no-check"]).exit_code == 0
 
 

@@ -6,7 +6,9 @@ prepare`, `sft generate` and `sft eval`, some as real processes (killed, run twi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -67,6 +69,11 @@ RECIPE_FAULTS = [
     ("model: {name: m}\ndata: {path: missing.jsonl}\n", "data.path: not found"),
     ("model: {name: m}\ndata: {path: train.jsonl}\noutput: {dir: train.jsonl}\n", "is a file, not a folder"),
     ("model: {name: m}\ndata: {path: train.jsonl}\ntraining: {early_stopping: {}}\n", "needs eval data"),
+    (
+        "model: {name: m}\ndata: {path: train.jsonl, eval_fraction: 0.2}\n"
+        "training: {early_stopping: {metric: eval_los}}\n",
+        "'eval_los' is not logged by this run; did you mean 'eval_loss'?",
+    ),
     ("model: {name: m}\ndata: {path: train.jsonl}\ntraining: {packing: true, padding_free: false}\n", "packing"),
     ("model: {name: m}\ndata: {path: train.jsonl, format: messages}\n", "needs template: chat"),
     ("model: {name: m}\ndata: {path: train.jsonl}\ntrainer_args: {lerning_rate: 1}\n", "lerning_rate"),
@@ -410,19 +417,98 @@ def test_a_damaged_last_checkpoint_resumes_from_the_one_before(tmp_path, tiny_pa
     assert json.loads((run / "run.json").read_text())["plan"]["resume_from"].endswith("checkpoint-4")
 
 
-def test_a_full_disk_while_saving_is_one_error_and_the_run_stays_resumable(tmp_path, tiny_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(small)], capture_output=True)
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "3M", read_only: bool = False):
+    """A tmpfs of `size` mounted at `folder` (read-only if asked), unmounted after; skips where mounting needs root."""
+    folder.mkdir()
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
     if mounted.returncode:
         pytest.skip("mounting a small tmpfs needs root")
     try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)])  # lazily: an open handle must not keep it mounted
+
+
+def test_a_full_disk_while_saving_is_one_error_and_the_run_stays_resumable(tmp_path, tiny_path):
+    with small_disk(tmp_path / "small") as small:
         path = train_recipe(tmp_path, tiny_path, 12, save_steps=2)
         result = runner.invoke(app, ["train", str(path), "--set", f"output.dir={small / 'run'}"])
         clear_error(result, f"{small / 'run'}: no space left on the device", "--resume continues from")
         assert not (small / "run" / "model.safetensors").exists() and not (small / "run" / ".lock").exists()
-    finally:
-        subprocess.run(["umount", "--lazy", str(small)])  # lazily: an open handle must not keep it mounted
+
+
+def long_rows(count: int) -> list[dict]:
+    return [{"instruction": f"Repeat {i}: " + "word " * 60, "input": "", "output": "echo " * 40} for i in range(count)]
+
+
+@pytest.mark.parametrize("disk", ["full", "read-only"])
+def test_prepare_on_a_full_or_read_only_cache_is_one_error_and_leaves_nothing(tmp_path, tiny_path, disk):
+    with small_disk(tmp_path / "cache", "256k", read_only=disk == "read-only") as cache:
+        data = {"path": "train.jsonl", "cache_dir": str(cache)}
+        path = recipe_at(tmp_path / "recipe", tiny_path, long_rows(3000), data=data, max_length=1024)
+        result = runner.invoke(app, ["prepare", str(path)])
+        if disk == "full":
+            clear_error(result, f"{cache}: no space left on the device while preparing the train rows", "MB free")
+        else:
+            clear_error(result, f"{cache}: cannot write here while creating a folder (Read-only file system)")
+        assert not list(cache.iterdir())  # no partial entry
+
+
+def test_export_and_merge_into_a_read_only_folder(tiny_lora_run, tmp_path):
+    with small_disk(tmp_path / "ro", "1M", read_only=True) as folder:
+        for args in (["export", "--format", "hf", "--no-check"], ["merge"]):
+            command, options = args[0], args[1:]
+            result = runner.invoke(app, [command, str(tiny_lora_run), *options, "-o", str(folder / "out")])
+            clear_error(result, f"{folder}: cannot write here while creating a folder (Read-only file system)")
+
+
+def process_children(pid: int) -> list[int]:
+    """The live child processes of `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_during_prepare_ends_its_workers_and_keeps_no_partial_entry(tmp_path, tiny_path):
+    cache = tmp_path / "cache"
+    data = {"path": "train.jsonl", "cache_dir": str(cache), "num_proc": 2}
+    path = recipe_at(tmp_path / "recipe", tiny_path, long_rows(40000), data=data, max_length=1024)
+    process = subprocess.Popen([*SFT, "prepare", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(process_children(process.pid)) >= 2 and list(cache.glob("*.partial-*")), seconds=120)
+    workers = process_children(process.pid)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err[-3000:]
+    wait_for(lambda: not any(alive(pid) for pid in workers), seconds=30)
+    assert not list(cache.glob("*.partial-*")) and not list(cache.iterdir())
+
+
+def test_a_run_folder_whose_tokenizer_asks_for_custom_code(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    config_path = run / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(tokenizer_class="MyTokenizer", auto_map={"AutoTokenizer": ["my_tokenizer.MyTokenizer", None]})
+    config_path.write_text(json.dumps(config))
+    (run / "my_tokenizer.py").write_text("raise SystemExit('custom code ran')\n")
+    write_jsonl(tmp_path / "rows.jsonl", ALPACA_ROWS)
+    for args in (["generate", str(run), "x"], ["eval", str(run), "--data", str(tmp_path / "rows.jsonl")]):
+        clear_error(runner.invoke(app, args), f"{run}: its tokenizer asks to run custom code from the folder")
 
 
 def test_a_run_that_fails_mid_training_leaves_the_process_as_it_was(tmp_path, tiny_path, monkeypatch):
@@ -576,3 +662,39 @@ def test_nothing_is_presented_as_complete_after_an_interrupt(tmp_path, tiny_path
     step = max(logged_steps(run))
     assert (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").exists()  # the steps since are kept
     assert json.loads((run / "run.json").read_text())["stop_reason"] == "interrupted"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c-to-the-group", "sigterm-to-sft"])
+def test_an_interrupt_under_two_processes_stops_every_rank_at_one_checkpoint(tmp_path, tiny_path, stop):
+    """Two LoRA ranks over gloo: Ctrl-C from a terminal reaches the whole process group, SIGTERM from a scheduler
+    reaches sft alone; either way both ranks stop at the same step with one checkpoint (each rank's RNG state in
+    it), exit 130/143 without a traceback from sft or its launcher, and name the resume command. DDP runs without
+    torch's unused-parameters pass (no warning)."""
+    path = train_recipe(tmp_path, tiny_path, 400, save_steps=1000)
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "lora": {"r": 4}}))
+    process = subprocess.Popen(
+        [*SFT, "train", str(path), "--num-processes", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,  # its own process group, as a terminal gives a command
+    )
+    run = tmp_path / "run"
+    wait_for(lambda: (run / "metrics.jsonl").exists() and max(logged_steps(run), default=0) >= 3, seconds=240)
+    if stop == signal.SIGINT:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=180)
+    code = 128 + stop
+    assert process.returncode == code, err[-3000:]
+    assert "Traceback" not in err and "--resume" in err and "--num-processes 2" in err, err[-3000:]
+    assert "did not find any unused parameters" not in err
+    [checkpoint] = (run / "checkpoints").glob("checkpoint-*")
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert int(checkpoint.name.split("-")[1]) >= 3 and (checkpoint / "trainer_state.json").exists()
+    assert json.loads((run / "run.json").read_text())["stop_reason"] == "interrupted"
+    assert not (run / ".lock").exists()

@@ -12,7 +12,7 @@ from xml.etree import ElementTree
 
 import pytest
 import yaml
-from conftest import ALPACA_ROWS, ROOT, write_jsonl
+from conftest import ALPACA_ROWS, CHAT_ROWS, ROOT, write_jsonl
 from typer.testing import CliRunner
 
 from sft_cli.cli.app import app
@@ -119,18 +119,22 @@ def family_source(tmp_path: Path, tiny_path: Path, name: str) -> Path:
     return folder
 
 
+KEPT_CONFIG = ("architectures", "vocab_size", "tie_word_embeddings", "sliding_window", "attn_logit_softcapping",
+               "final_logit_softcapping", "model_type")  # fmt: skip
+
+
 @pytest.mark.parametrize("source", ["smollm2", "tiny", "qwen2", "gemma2", "mistral"])
 def test_the_tiny_model_keeps_the_architecture_vocabulary_special_tokens_and_template(tmp_path, tiny_path, source):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from sft_cli.smoke.model import KEPT, tiny_model
+    from sft_cli.smoke.model import tiny_model
 
     folder = {"smollm2": ROOT / "fixtures" / "smollm2-135m", "tiny": tiny_path}.get(source)
     folder = folder or family_source(tmp_path, tiny_path, source)
     built, _ = tiny_model(ModelSection(name=str(folder)))  # built now, or by an earlier test of this session
     assert tiny_model(ModelSection(name=str(folder))) == (built, True)
     original, small = AutoConfig.from_pretrained(folder), AutoConfig.from_pretrained(built)
-    for key in KEPT:
+    for key in KEPT_CONFIG:
         assert getattr(small, key, None) == getattr(original, key, None), key
     if getattr(original, "layer_types", None):
         assert set(small.layer_types) == set(original.layer_types)  # sliding and full attention both present
@@ -141,3 +145,22 @@ def test_the_tiny_model_keeps_the_architecture_vocabulary_special_tokens_and_tem
     model = AutoModelForCausalLM.from_pretrained(built)
     assert type(model).__name__ == original.architectures[0]
     assert model.get_input_embeddings().weight.shape[0] == original.vocab_size
+
+
+def test_the_tiny_model_reads_stop_tokens_from_the_files_training_reads(tmp_path, tiny_path):
+    """A model folder without generation_config.json whose config.json eos is not the chat template's end of turn
+    (Phi-3.5's `<|end|>`): training takes the end of turn from the template, and so must the tiny model."""
+    from families import FAMILIES, build_family_tokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = build_family_tokenizer(FAMILIES["phi3.5"], tiny_path, tmp_path / "phi")
+    (folder / "generation_config.json").unlink()
+    config = AutoConfig.from_pretrained(tiny_path)
+    config.vocab_size = len(AutoTokenizer.from_pretrained(folder))
+    config.eos_token_id = AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("<|endoftext|>")
+    config.save_pretrained(folder)
+    recipe = recipe_with(tmp_path, CHAT_ROWS * 4, model={"name": str(folder)}, template="chat")
+    preview = runner.invoke(app, ["preview", recipe])
+    assert preview.exit_code == 0 and "end_token_missing" not in preview.output, preview.output
+    result, report = smoke(recipe)
+    assert result.exit_code == 0 and stages(report)["preview"]["status"] == "passed", stages(report)["preview"]

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import functools
+import signal
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from sft_cli.errors import SftError
+from sft_cli.errors import SftError, Terminated
 
 app = typer.Typer(
     help="Supervised fine-tuning (instruction tuning) from one YAML recipe.",
@@ -35,16 +36,31 @@ def fail(error: SftError) -> None:
 
 
 def command(fn):
-    """Register a command whose user mistakes (SftError) print as error/hint and exit 2, without a traceback."""
+    """Register a command whose user mistakes (SftError) print as error/hint and exit 2, without a traceback, and
+    which a signal stops the same way everywhere: Ctrl-C exits 130, SIGTERM 143, each after the command's own
+    clean-up (training turns either into a checkpoint first: training/callbacks.py)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return fn(*args, **kwargs)
         except SftError as error:
             fail(error)
+        except KeyboardInterrupt:
+            err.print("interrupted (Ctrl-C)", highlight=False)
+            raise typer.Exit(130) from None
+        except Terminated:
+            err.print("terminated (SIGTERM)", highlight=False)
+            raise typer.Exit(143) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return app.command()(wrapper)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def quiet_libraries() -> None:

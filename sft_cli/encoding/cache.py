@@ -27,7 +27,7 @@ from sft_cli.data.sources import source_identity
 from sft_cli.encoding.rendered import RenderOptions
 from sft_cli.encoding.stats import Stats, Warning, merge_warnings
 from sft_cli.encoding.templates import render_options
-from sft_cli.folders import build_aside, cache_home, move_into_place
+from sft_cli.folders import build_aside, cache_home, move_into_place, write_error
 from sft_cli.progress import Progress
 from sft_cli.recipe.schema import Recipe
 
@@ -157,9 +157,9 @@ def prepare_split(
         if not cache:
             return Prepared(split, aside, stats, warnings, False, fp)
         move_into_place(aside, folder)  # another process's identical entry, finished first, stays
-    except BaseException:
+    except BaseException as error:  # Ctrl-C and SIGTERM too: no partial entry stays behind
         shutil.rmtree(aside, ignore_errors=True)
-        raise
+        raise write_error(root, error, f"preparing the {split} rows") or error from None
     return Prepared(split, folder, stats, warnings, False, fp)
 
 

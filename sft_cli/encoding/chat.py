@@ -160,7 +160,9 @@ def _arguments_as_text(messages: list[dict]) -> list[dict] | None:
 
 
 def _stop_end(tail: str, stops: tuple[str, ...]) -> int:
-    """End of the first stop token in a marked tail that the template wrote (not one inside row text)."""
+    """End of the first stop token in a marked tail that the template wrote (not one inside row text), and of every
+    stop token it writes straight after that one: Command-R7B ends a turn `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`,
+    and a model trained only through the first would never learn the EOS a runtime stops on."""
     best = None
     for stop in stops:
         start = tail.find(stop)
@@ -168,7 +170,12 @@ def _stop_end(tail: str, stops: tuple[str, ...]) -> int:
             start = tail.find(stop, start + 1)
         if start >= 0 and (best is None or start < best[0]):
             best = (start, start + len(stop))
-    return best[1] if best else len(tail)
+    if best is None:
+        return len(tail)
+    end = best[1]
+    while following := next((stop for stop in stops if stop and tail.startswith(stop, end)), None):
+        end += len(following)
+    return end
 
 
 def _align_end(prompt: str, written: str, tokens: tuple[str, ...]) -> int | None:
@@ -220,8 +227,9 @@ def _turn(template: _Template, i: int, options: RenderOptions) -> tuple[str, str
         # assistant block): the answer is what the turn adds, never the tool call or output before it
         tail = written[len(history) :]
         answer = tail[: _stop_end(tail, options.stop_tokens)]
-    elif (aligned := _align_end(prompt, written, options.control_tokens)) is not None:
-        # the history was rewritten (Mistral drops or moves the system message), the prompt's end is intact
+    elif (aligned := _align_end(prompt, written, options.control_tokens)) is not None and aligned < len(written):
+        # the history was rewritten (Mistral drops or moves the system message), the prompt's end is intact (an
+        # alignment at the very end matched a generation prompt the template always writes, as Command-R7B's does)
         tail = written[aligned:]
         answer = tail[: _stop_end(tail, options.stop_tokens)]
     else:
@@ -235,7 +243,7 @@ def _turn(template: _Template, i: int, options: RenderOptions) -> tuple[str, str
         answer = rest[: _stop_end(rest, options.stop_tokens)]
         if THINK_OPEN in opened and THINK_CLOSE not in opened:  # a think block the history never shows
             answer = _with_think_block(answer, reasoning)
-    goes_on = i + 1 < len(template.messages) and template.messages[i + 1]["role"] != "user"  # a tool result
+    goes_on = _goes_on(template.messages, i)
     if not goes_on and not any(answer.endswith(stop) for stop in options.stop_tokens) and written.endswith(answer):
         answer += _closing_stop(template, i, written, options.stop_tokens)
     notes = []
@@ -245,6 +253,11 @@ def _turn(template: _Template, i: int, options: RenderOptions) -> tuple[str, str
     if any(call["function"]["name"] not in answer for call in calls):
         notes.append("tool_calls_dropped")
     return prompt, answer, tuple(notes)
+
+
+def _goes_on(messages: list[dict], i: int) -> bool:
+    """Whether assistant turn i is followed by something other than a user turn (a tool result)."""
+    return i + 1 < len(messages) and messages[i + 1]["role"] != "user"
 
 
 def _continues(tail: str, generation_suffix: str) -> bool:
@@ -358,6 +371,9 @@ def render_chat(tokenizer: ChatTokenizer, row: dict, options: RenderOptions) -> 
         notes += turn_notes
         if "tool_calls_dropped" in turn_notes and not _stripped(answer, options.stop_tokens).strip():
             continue  # the template wrote nothing of the turn: training its end token alone teaches silence
+        if not answer.endswith(options.stop_tokens) and _goes_on(messages, i):
+            notes.append("tool_call_without_stop")  # a runtime would not stop after the call (Apertus without
+            continue  # its generation config's <|tools_suffix|>): trained, it would run on into the tool's output
         cut = len(prompt) + (0 if options.train_reasoning else _reasoning_cut(answer, template, i))
         if whole.startswith(prompt + answer):
             together.append((len(prompt), cut, len(prompt) + len(answer)))

@@ -28,6 +28,9 @@ WARNING_TEXT = {
     "ends_without_answer": "the chat ends with a user or tool turn after its last assistant answer: those last "
     "turns are not trained (end the row with the assistant's answer, or drop them)",
     "end_token_missing": "the trained tokens do not end with an end token (EOS / end of turn): generation won't stop",
+    "tool_call_without_stop": "a tool call that no stop token ends (the tool's output follows in the same turn, and "
+    "the model's stop tokens do not include the token after the call): not trained, or the model would learn to "
+    "run on into the tool's output",
 }
 
 

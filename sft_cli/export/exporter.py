@@ -3,7 +3,6 @@ when the check fails). The run folder is never changed; an existing output is re
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -16,9 +15,9 @@ from sft_cli.export.check import CheckReport, check_rows, sft_answers
 from sft_cli.export.gguf import export_gguf
 from sft_cli.export.hf import FLOAT_DTYPES, export_hf
 from sft_cli.export.job import ExportJob, Format
-from sft_cli.export.llama_cpp import OUTTYPES, bindings_version
+from sft_cli.export.llama_cpp import OUTTYPES, check_export_extra
 from sft_cli.export.ollama import export_ollama
-from sft_cli.folders import guard_output
+from sft_cli.folders import build_aside, guard_output, write_error
 from sft_cli.progress import Progress
 from sft_cli.runs.generate import load_run, stop_ids
 from sft_cli.runs.record import TEMPLATE_FILE, read_record
@@ -97,7 +96,7 @@ def export_run(
         raise SftError(f"--dtype {dtype}: --format {fmt} writes {', '.join(spec.dtypes)}")
     check_run_folder(run_dir)
     if spec.needs_llama_cpp:
-        bindings_version()  # fails now, with the install command, rather than after the merge
+        check_export_extra()  # fails now, with the install command, rather than after the merge
     dtype = dtype or spec.default_dtype
     output = Path(output) if output else default_output(run_dir, fmt, dtype)
     unverified = output.with_name(output.name + ".unverified")
@@ -111,8 +110,7 @@ def export_run(
             keep=[run_dir],
         )
     started = time.perf_counter()
-    aside = output.with_name(output.name + ".partial")
-    shutil.rmtree(aside, ignore_errors=True)
+    aside = build_aside(output)  # a folder sft cannot write to fails here, before the model loads
     try:
         rows = check_rows(run_dir, check, check_data) if check else []
         progress.note(f"loading {run_dir}")
@@ -125,9 +123,7 @@ def export_run(
         report = spec.write(job)
     except BaseException as error:
         shutil.rmtree(aside, ignore_errors=True)
-        if getattr(error, "errno", None) == errno.ENOSPC:
-            raise SftError(f"{aside.parent}: no space left on the device while exporting") from None
-        raise
+        raise write_error(aside.parent, error, "exporting") or error from None
     files = sorted([*(p.name for p in aside.iterdir()), REPORT_FILE])
     result = ExportResult(output, fmt, dtype, files, time.perf_counter() - started, report, job.facts)
     if not result.verified:

@@ -12,6 +12,7 @@ same llama.cpp release that checks it. `SFT_LLAMA_CPP=/path/to/llama.cpp` uses a
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -36,6 +37,25 @@ def bindings_version() -> str:
         raise SftError(
             "GGUF export needs llama-cpp-python (llama.cpp's converter and runtime)", hint=INSTALL_HINT
         ) from None
+
+
+CONVERTER_IMPORTS = {"sentencepiece": "sentencepiece", "google.protobuf": "protobuf"}  # module -> its package
+
+
+def check_export_extra() -> None:
+    """Everything a GGUF export runs is installed: the bindings, and what the converter imports (which would
+    otherwise fail with ModuleNotFoundError after the merge was written)."""
+    bindings_version()
+    missing = [package for module, package in CONVERTER_IMPORTS.items() if not _importable(module)]
+    if missing:
+        raise SftError(f"GGUF export needs {', '.join(missing)} (llama.cpp's converter imports it)", hint=INSTALL_HINT)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None
+        return False
 
 
 def converter_dir() -> Path:

@@ -5,7 +5,6 @@ reported at once."""
 from __future__ import annotations
 
 import difflib
-import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -103,15 +102,18 @@ class Recipe(EncodingSpec):
         return self
 
     def _metric_problems(self, metric: str) -> list[str]:
-        """A per-source eval loss must name a source that has eval data."""
-        match = re.fullmatch(r"eval_(.+)_loss", metric)
-        if not match:
-            return []
+        """The metric must be one the run logs at every evaluation (else Trainer fails with a KeyError after the
+        first one): eval_loss, or eval_<label>_loss of a source with eval data. Trainer reads `loss` as
+        `eval_loss`."""
         labels = [label for label, source in self.sources() if source.has_eval] if len(self.sources()) > 1 else []
-        if match.group(1) in labels:
+        logged = ["eval_loss", *(f"eval_{label}_loss" for label in labels)]
+        if (metric if metric.startswith("eval_") else f"eval_{metric}") in logged:
             return []
-        choices = ", ".join(["eval_loss", *(f"eval_{label}_loss" for label in labels)])
-        return [f"training.early_stopping.metric: {metric!r} names no source with eval data; choose {choices}"]
+        close = difflib.get_close_matches(metric, logged, n=1, cutoff=0.6)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        return [
+            f"training.early_stopping.metric: {metric!r} is not logged by this run; {guess}choose {', '.join(logged)}"
+        ]
 
     def sources(self) -> list[tuple[str, Recipe]]:
         """Every data source as (label, a one-source recipe): the one-source recipe reads, encodes and caches

@@ -12,6 +12,7 @@ from sft_cli.encoding.encode import prompt_ids
 from sft_cli.encoding.loading import load_model
 from sft_cli.encoding.rendered import RenderOptions
 from sft_cli.encoding.templates import render_options, render_prompt
+from sft_cli.errors import SftError
 from sft_cli.recipe.sections import CustomTemplate, ModelSection
 from sft_cli.runs.record import RunRecord, read_record
 
@@ -41,11 +42,10 @@ def load_run(run_dir: Path, base: bool = False):
     """The run's model (full, LoRA base + adapter, or merged), or with `base` the untouched base model; always
     with the run's tokenizer (new special tokens included) and template."""
     import torch
-    from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
     record = read_record(run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    tokenizer = run_tokenizer(run_dir, record)
     dtype = torch.bfloat16 if native_bf16() else torch.float32
     is_lora = (run_dir / "adapter_config.json").exists()
     if base or is_lora:
@@ -60,6 +60,24 @@ def load_run(run_dir: Path, base: bool = False):
         model = model.to("cuda")
     model.eval()
     return LoadedRun(model, tokenizer, record, render_options(record.encoding, tokenizer, record.stop_tokens))
+
+
+def run_tokenizer(run_dir: Path, record: RunRecord):
+    """The run folder's tokenizer. Custom code in it runs only where the recipe that trained it allowed it
+    (`model.trust_remote_code`); a folder asking for it otherwise is one error, not transformers' traceback."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(run_dir, trust_remote_code=record.base_model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise SftError(
+                f"{run_dir}: its tokenizer asks to run custom code from the folder (auto_map in "
+                "tokenizer_config.json), and the recipe it was trained from did not allow that",
+                hint="read that code; if you trust it, train with model.trust_remote_code: true",
+            ) from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SftError(f"{run_dir}: cannot load its tokenizer ({reason})") from None
 
 
 def prompt_token_ids(run: LoadedRun, row: dict) -> list[int]:

@@ -18,8 +18,6 @@ from sft_cli.folders import build_aside, cache_home, move_into_place
 from sft_cli.recipe.sections import ModelSection
 
 SHRUNK = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "head_dim": 16}
-KEPT = ("architectures", "vocab_size", "tie_word_embeddings", "sliding_window", "attn_logit_softcapping",
-        "final_logit_softcapping", "model_type")  # fmt: skip
 
 
 def smoke_cache() -> Path:
@@ -88,10 +86,15 @@ def tiny_model(model: ModelSection) -> tuple[Path, bool]:
         raise SftError(f"model.name: transformers cannot build {kind} as a causal LM: {reason}") from None
     try:
         built.generation_config = GenerationConfig.from_pretrained(name, **kwargs)
+        own_generation_config = True
     except (OSError, ValueError):
-        pass
+        own_generation_config = False
     partial = build_aside(folder)
     built.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    if not own_generation_config:
+        # save_pretrained writes one from config.json's eos; the source has none, and stop tokens then come from
+        # its chat template (encoding/tokens.py): the tiny model must read the same files training reads
+        (partial / "generation_config.json").unlink(missing_ok=True)
     move_into_place(partial, folder)
     return folder, False
