@@ -2,6 +2,8 @@
 # What CI's CPU cannot show, checked on a CUDA machine in one command, ending in one table (docs/training.md,
 # "Training on GPUs"). Meant to finish within 8 minutes on one H100:
 #   cuda-tests   the tests with CUDA branches (attention kernels keep sequences apart, forecasts, environment)
+#   attention    sft's per-sequence kernel against FlexAttention (document mask), forward and backward: which
+#                kernel packed batches should use on CUDA without flash-attn (scripts/bench_attention.py)
 #   environment  the decision `sft train --dry-run` prints here (precision, weights, attention, loss)
 #   throughput   a Qwen2.5-0.5B-shaped model (random weights, built here: no hub), bf16, packed rows: sft against
 #                plain TRL with its defaults, in one invocation of scripts/bench_train.py (tokens/s count non-pad
@@ -33,6 +35,7 @@ check() {
 quick=(--set training.max_steps=20 --set training.save_steps=5 --set training.eval_steps=5)
 
 check cuda-tests "$py" -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_environment.py tests/test_memory.py
+check attention bash -c "'$py' scripts/bench_attention.py --repeats 10 | tee $work/attention.txt | tail -1"
 check environment bash -c "${sft[*]} train configs/quickstart.yaml --dry-run --set output.dir=$work/dry | grep -E 'device|precision|weights|attention|loss' | tr -s ' ' | paste -sd ';'"
 
 "$py" - "$work/qwen2-0.5b" <<'PY' >"$work/model.log" 2>&1
@@ -72,5 +75,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 "$py" -c "import torch, transformers, trl, peft, accelerate; print('torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__, '| accelerate', accelerate.__version__)"
 printf '%-12s %-7s %6s  %s\n' check result time "last line of its log (all logs: $work)"
 printf '%s\n' "${rows[@]}"
-[ -f "$work/bench.txt" ] && { echo; cat "$work/bench.txt"; }
+for table in bench attention; do
+  [ -f "$work/$table.txt" ] && { echo; cat "$work/$table.txt"; }
+done
 ! printf '%s\n' "${rows[@]}" | grep -q FAILED

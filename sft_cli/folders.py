@@ -28,6 +28,19 @@ def build_aside(target: Path) -> Path:
         raise write_error(target.parent, error, "creating a folder") or error from None
 
 
+def check_writable(folder: Path, doing: str) -> None:
+    """Fail now, with one error, where no file can be created in `folder` (read-only, not permitted, full), rather
+    than after the work whose result would go there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise write_error(folder, error, doing) or SftError(
+            f"{folder}: cannot write here while {doing} ({error})"
+        ) from None
+
+
 def write_error(folder: Path, error: BaseException, doing: str) -> SftError | None:
     """The one error for a write that failed for its disk's sake (full, read-only, not permitted), naming the folder
     and, when full, the space left; None for any other failure, which keeps its traceback."""

@@ -213,6 +213,28 @@ def test_merge_writes_the_hf_contract(custom_lora_run, tmp_path):
     assert text == "Task: Add the numbers.\nGiven: 12 and 30\nAnswer: "
 
 
+def test_a_qlora_adapter_is_said_to_be_merged_into_the_full_precision_base(custom_lora_run, tmp_path):
+    """QLoRA trains the adapter over a 4-bit base; merge and export apply it to the base in full precision, and
+    say so (the record keeps that the base was quantized)."""
+    from types import SimpleNamespace
+
+    from sft_cli.recipe.schema import Recipe
+    from sft_cli.runs.record import read_record, write_record
+    from sft_cli.training.run import run_record
+
+    qlora = Recipe.model_validate({"model": {"name": "m"}, "data": {"path": "x.jsonl"}, "lora": {"load_in_4bit": True}})
+    assert run_record(qlora, SimpleNamespace(options=SimpleNamespace(stop_tokens=("</s>",)))).quantized_base == "nf4"
+    run = tmp_path / "qlora-run"
+    shutil.copytree(custom_lora_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    write_record(run, dataclasses.replace(read_record(run), quantized_base="nf4"))
+    merged = runner.invoke(app, ["merge", str(run), "-o", str(tmp_path / "merged")])
+    assert merged.exit_code == 0 and "trained over a 4-bit (nf4) base" in merged.output, merged.output
+    assert read_record(tmp_path / "merged").quantized_base == "nf4"
+    exported = runner.invoke(app, ["export", str(run), "--format", "hf", "-o", str(tmp_path / "hf"), "--no-check"])
+    assert exported.exit_code == 0 and "trained over a 4-bit (nf4) base" in exported.output, exported.output
+    assert json.loads((tmp_path / "hf" / "export.json").read_text())["quantized_base"] == "nf4"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -456,12 +456,18 @@ def test_prepare_on_a_full_or_read_only_cache_is_one_error_and_leaves_nothing(tm
         assert not list(cache.iterdir())  # no partial entry
 
 
-def test_export_and_merge_into_a_read_only_folder(tiny_lora_run, tmp_path):
+def test_every_writer_refuses_a_read_only_folder_before_its_work(tiny_lora_run, tmp_path):
+    write_jsonl(tmp_path / "rows.jsonl", ALPACA_ROWS)
     with small_disk(tmp_path / "ro", "1M", read_only=True) as folder:
-        for args in (["export", "--format", "hf", "--no-check"], ["merge"]):
-            command, options = args[0], args[1:]
-            result = runner.invoke(app, [command, str(tiny_lora_run), *options, "-o", str(folder / "out")])
-            clear_error(result, f"{folder}: cannot write here while creating a folder (Read-only file system)")
+        for args, doing in [
+            (["export", str(tiny_lora_run), "--format", "hf", "--no-check"], "creating a folder"),
+            (["merge", str(tiny_lora_run)], "creating a folder"),
+            (["generate", str(tiny_lora_run), "--file", str(tmp_path / "rows.jsonl")], "writing the answers"),
+        ]:
+            result = runner.invoke(app, [*args, "-o", str(folder / "out")])
+            clear_error(result, f"{folder}: cannot write here while {doing} (Read-only file system)")
+        result = runner.invoke(app, ["init", "-o", str(folder / "recipe.yaml")])
+        clear_error(result, f"{folder}: cannot write here while writing the starter recipe (Read-only file system)")
 
 
 def process_children(pid: int) -> list[int]:

@@ -11,6 +11,7 @@ import typer
 
 from sft_cli.cli.common import err, out, quiet_libraries
 from sft_cli.errors import SftError
+from sft_cli.folders import check_writable, write_error
 
 RunArg = typer.Argument(
     ..., help="A run folder written by `sft train` (or `sft merge`, `sft export --format hf`).", show_default=False
@@ -41,6 +42,8 @@ def generate(
         )
     if output and output.exists():
         raise SftError(f"{output} already exists", hint="pick another --output")
+    if output:
+        check_writable(output.parent, "writing the answers")  # before the model loads and generates
     quiet_libraries()
     run = load_run(run_dir)
     sampling = Sampling(max_new_tokens, temperature, top_p)
@@ -57,7 +60,11 @@ def generate(
         json.dumps({**record, "generated": answer}, ensure_ascii=False) for record, answer in zip(records, answers)
     ]
     if output:
-        output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        try:
+            output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        except OSError as error:
+            output.unlink(missing_ok=True)
+            raise write_error(output.parent, error, "writing the answers") or error from None
         out.print(f"wrote {len(lines)} rows to {output}")
     else:
         sys.stdout.write("\n".join(lines) + "\n")
@@ -166,9 +173,13 @@ def merge(
 ) -> None:
     """Merge a LoRA run's adapter into its base: a standard folder any transformers user can load."""
     from sft_cli.export.merge import merge_run
+    from sft_cli.runs.record import read_record
 
     quiet_libraries()
     target = merge_run(run_dir, output, overwrite)
+    note = read_record(target).quantization_note
+    if note:
+        err.print(f"note: {note}", highlight=False)
     out.print(f"[green]✓[/] merged model in {target}", highlight=False)
 
 

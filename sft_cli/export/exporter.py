@@ -120,6 +120,9 @@ def export_run(
         job = ExportJob(run, run_dir, dtype, aside, rows, sft, max_new_tokens, progress, {"stop_tokens": stops})
         if rows:
             job.facts["check_data"] = str(check_data) if check_data else "the run's own data"
+        if run.record.quantization_note:
+            job.facts["quantized_base"] = run.record.quantized_base
+            progress.note(f"note: {run.record.quantization_note}")
         report = spec.write(job)
     except BaseException as error:
         shutil.rmtree(aside, ignore_errors=True)

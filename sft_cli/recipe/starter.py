@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel
 
 from sft_cli.errors import SftError
+from sft_cli.folders import check_writable
 from sft_cli.recipe.schema import Recipe
 from sft_cli.recipe.sections import TEMPLATE_NAMES
 
@@ -101,12 +102,11 @@ def write_starter(output: Path, template: str, force: bool = False) -> list[Path
     """Write the recipe and, when absent, a small example dataset beside it; never overwrite without force."""
     if output.exists() and not force:
         raise SftError(f"{output} already exists", hint="pick another --output, or pass --force to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(output.parent, "writing the starter recipe")
     output.write_text(starter_recipe(template), encoding="utf-8")
     written = [output]
     data = output.parent / EXAMPLE_DATA
     if not data.exists():
-        data.parent.mkdir(parents=True, exist_ok=True)
         rows = CHAT_ROWS if template == "chat" else ALPACA_ROWS
         data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         written.append(data)

@@ -32,6 +32,17 @@ class RunRecord:
     base_model: ModelSection
     lora: bool = False
     merged_from: str | None = None
+    quantized_base: str | None = None  # "nf4": the adapter trained over a 4-bit base (QLoRA)
+
+    @property
+    def quantization_note(self) -> str | None:
+        """What merge and export say of a QLoRA adapter: they apply it to the base in full precision."""
+        if not self.quantized_base:
+            return None
+        return (
+            f"the adapter was trained over a 4-bit ({self.quantized_base}) base; merged here into the base in full "
+            "precision, so answers may differ slightly from the QLoRA model's"
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +52,7 @@ class RunRecord:
             "base_model": self.base_model.model_dump(mode="json"),
             "lora": self.lora,
             "merged_from": self.merged_from,
+            "quantized_base": self.quantized_base,
         }
 
 
@@ -74,6 +86,7 @@ def read_record(folder: Path) -> RunRecord:
             ModelSection.model_validate(data["base_model"]),
             bool(data.get("lora")),
             data.get("merged_from"),
+            data.get("quantized_base"),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SftError(

@@ -400,7 +400,8 @@ def train(loaded: LoadedRecipe, *, argv: list[str] | None = None, **options) -> 
 
 def run_record(recipe: Recipe, data: TrainingData) -> RunRecord:
     """The contract the model was trained under, with the stop tokens it learned to end on."""
-    return RunRecord(recipe.encoding, data.options.stop_tokens, recipe.model, lora=bool(recipe.lora))
+    quantized = "nf4" if recipe.lora and recipe.lora.load_in_4bit else None
+    return RunRecord(recipe.encoding, data.options.stop_tokens, recipe.model, bool(recipe.lora), None, quantized)
 
 
 def run_facts(session: Session, result: RunResult, wall: float, rows_by_rank: list, prepared_by_rank: list) -> dict:
