@@ -107,6 +107,7 @@ def write_starter(output: Path, template: str, force: bool = False) -> list[Path
     written = [output]
     data = output.parent / EXAMPLE_DATA
     if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
         rows = CHAT_ROWS if template == "chat" else ALPACA_ROWS
         data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         written.append(data)
@@ -119,7 +120,7 @@ def recipe_reference() -> str:
         "# Recipe reference\n\n"
         "Every key of a recipe, its default and what it does: the text `sft init` writes (the alpaca starter; `sft\n"
         "init --template chat` differs in `data.format` and `template`). Generated from the schema by `python\n"
-        "scripts/write_recipe_reference.py`; `tests/test_recipe.py` fails when this page and the schema differ.\n"
+        "scripts/write_recipe_reference.py`; `tests/recipe/test_recipe.py` fails when this page and the schema differ.\n"
         "Keys shown commented out are optional sections or values that default to none.\n\n"
         f"```yaml\n{starter_recipe('alpaca')}```\n\n"
         "[Back to the README](../README.md) · [All pages](README.md)\n"
