@@ -34,7 +34,7 @@ check() {
 
 quick=(--set training.max_steps=20 --set training.save_steps=5 --set training.eval_steps=5)
 
-check cuda-tests "$py" -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_environment.py tests/test_memory.py
+check cuda-tests "$py" -m pytest -q -p no:cacheprovider tests/training/test_attention.py tests/training/test_environment.py tests/training/test_memory.py
 check attention bash -c "'$py' scripts/bench_attention.py --repeats 10 | tee $work/attention.txt | tail -1"
 check environment bash -c "${sft[*]} train configs/quickstart.yaml --dry-run --set output.dir=$work/dry | grep -E 'device|precision|weights|attention|loss' | tr -s ' ' | paste -sd ';'"
 

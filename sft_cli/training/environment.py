@@ -3,7 +3,7 @@ weights are kept in, the processes and their sharding, the attention kernel and 
 
 `decide` is a pure function of the recipe, the hardware (`device.Hardware`), the launch (read from the launcher's
 environment variables) and a few facts of the model's architecture (read from its skeleton on the meta device), so
-tests/test_environment.py fixes its whole table without a GPU. Every stage reads the result: the model loads in
+tests/training/test_environment.py fixes its whole table without a GPU. Every stage reads the result: the model loads in
 `load_dtype` with `attention`, the trainer runs `loss`, the memory forecast counts its bytes, and the plan,
 `sft train --dry-run` and run.json show it with `notes` saying why each fallback was taken.
 """

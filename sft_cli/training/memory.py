@@ -9,7 +9,7 @@ keeps only its input, and one layer is recomputed at a time. LoRA's dropout keep
 adapted layer's input. On CPU a fifth of the batch's memory is added for glibc's heap fragmentation (freed
 memory is kept in the heap for the next step, and given back above the forecast: `CpuHeap`). The figure is for
 the longest batch the sampler can draw (the `batch_size` longest sequences, or a full packed or padded batch).
-`scripts/check_memory_forecast.py` and tests/test_memory.py compare forecasts with measured peaks.
+`scripts/check_memory_forecast.py` and tests/training/test_memory.py compare forecasts with measured peaks.
 """
 
 from __future__ import annotations

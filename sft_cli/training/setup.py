@@ -66,7 +66,7 @@ def layout(recipe: Recipe) -> str:
 
 def sft_config(recipe: Recipe, run_dir: Path, env: Environment, has_eval: bool):
     """TRL's arguments, every recipe field passed explicitly (TRL's own defaults differ from transformers': e.g.
-    gradient checkpointing on, bf16 on; none of them may decide silently; tests/test_train_config.py checks every
+    gradient checkpointing on, bf16 on; none of them may decide silently; tests/training/test_train_config.py checks every
     field)."""
     from trl import SFTConfig
 

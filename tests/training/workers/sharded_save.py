@@ -1,4 +1,4 @@
-"""One process of tests/test_sharded_save.py: trains the tiny model a few AdamW steps and saves it through sft's
+"""One process of tests/training/test_sharded_save.py: trains the tiny model a few AdamW steps and saves it through sft's
 own save path (training/gather.py, then runs/folder.save_final_model). Started by torchrun with 2 processes, it
 shards the model with torch's `fully_shard` (FSDP2) over gloo (accelerate builds FSDP only for GPU backends, so
 torch is driven directly); started alone, it is the one-process run the sharded one must equal.

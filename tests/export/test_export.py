@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ALPACA_ROWS, CHAT_ROWS, write_jsonl
 from families import FAMILIES, build_family_tokenizer
-from test_train import recipe_file
+from recipes import recipe_file
 from typer.testing import CliRunner
 
 from sft_cli.cli.app import app

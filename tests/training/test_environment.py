@@ -8,8 +8,8 @@ import json
 
 import pytest
 import torch
+from recipes import metrics, recipe_file
 from safetensors.torch import load_file
-from test_train import metrics, recipe_file
 
 from sft_cli.device import Hardware
 from sft_cli.encoding.loading import load_model_skeleton

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from test_train import recipe_file
+from conftest import ROOT
+from recipes import recipe_file
 from typer.testing import CliRunner
 
 import sft_cli.training.memory as memory
@@ -21,7 +21,6 @@ from sft_cli.training.environment import Launch, ModelFacts, decide
 from sft_cli.training.memory import MB, forecast, longest_batch, model_shape
 from sft_cli.training.run import train
 
-ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 MEASURED = "CUDA allocated" if torch.cuda.is_available() else "peak RSS"  # what run.json's peak is, per device
 

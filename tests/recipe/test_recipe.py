@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from sft_cli.errors import RecipeError
 from sft_cli.recipe.schema import load_recipe
@@ -137,6 +138,6 @@ def test_missing_recipe_file(tmp_path):
 def test_the_recipe_reference_is_the_starter_sft_init_writes():
     from sft_cli.recipe.starter import recipe_reference, starter_recipe
 
-    page = (Path(__file__).resolve().parent.parent / "docs" / "recipe.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "recipe.md").read_text(encoding="utf-8")
     assert page == recipe_reference(), "docs/recipe.md is stale: run python scripts/write_recipe_reference.py"
     assert starter_recipe("alpaca") in page

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import ALPACA_ROWS, write_jsonl
+from conftest import ALPACA_ROWS, ROOT, write_jsonl
+from recipes import metrics, recipe_file
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -21,36 +20,6 @@ from sft_cli.recipe.schema import load_recipe
 from sft_cli.training.run import prepare, train
 
 runner = CliRunner()
-REPEATED = ALPACA_ROWS * 4
-
-
-def recipe_file(tmp_path: Path, model: Path, rows=REPEATED, **fields) -> Path:
-    data = write_jsonl(tmp_path / "train.jsonl", rows)
-    training = {
-        "batch_size": 4,
-        "learning_rate": 3e-3,
-        "max_steps": 12,
-        "logging_steps": 1,
-        "warmup_ratio": 0.0,
-        "lr_scheduler": "constant",
-        "save_steps": 4,
-        **fields.pop("training", {}),
-    }
-    recipe = {
-        "model": {"name": str(model)},
-        "data": {"path": data.name, **fields.pop("data", {})},
-        "max_length": 64,
-        "training": training,
-        "output": {"dir": "run"},
-        **fields,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_loss_falls_and_the_run_folder_is_complete(tmp_path, tiny_path):
@@ -221,7 +190,7 @@ def test_bad_recipes_fail_before_any_model_loads(tmp_path, fields, message):
 def test_gpu_only_accelerate_config_is_refused_on_cpu(tmp_path, tiny_path, config):
     """accelerate would start plain DDP processes on CPU under an FSDP/DeepSpeed config: say so, start nothing."""
     path = recipe_file(tmp_path, tiny_path, training={"max_steps": 1})
-    config_path = Path(__file__).parent.parent / "configs" / "accelerate" / f"{config}.yaml"
+    config_path = ROOT / "configs" / "accelerate" / f"{config}.yaml"
     result = runner.invoke(app, ["train", str(path), "--accelerate-config", str(config_path), "--num-processes", "2"])
     assert result.exit_code == 2, result.output
     assert f"{config_path}: distributed_type {config.upper()} needs CUDA GPUs" in " ".join(result.output.split())

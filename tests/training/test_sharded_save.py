@@ -1,6 +1,6 @@
 """The final model of a run sharded over processes (FSDP2): gathered from every rank and written once by rank 0,
 equal to a one-process run's, also when the sharded run stopped at a sharded checkpoint and a new group of
-processes resumed from it. Real processes over gloo (tests/workers/sharded_save.py); before the gather, the
+processes resumed from it. Real processes over gloo (tests/training/workers/sharded_save.py); before the gather, the
 rank-0-only save blocked until the collective timed out (full fine-tuning) or failed on freed storage (LoRA)."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import FIXTURES
-from test_train import recipe_file
+from recipes import recipe_file
 
 from sft_cli.recipe.schema import load_recipe
 from sft_cli.training.run import train

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_train import recipe_file
+from recipes import recipe_file
 
 from sft_cli.device import Hardware
 from sft_cli.progress import Progress
@@ -37,11 +37,11 @@ NON_DEFAULT = {
 }
 # shape the batches (the collator and sampler), not SFTConfig: checked through `layout`
 BATCH_FIELDS = {"padding_free": False, "packing": False}
-# drive sft's own trackers (tests/test_trackers.py), never transformers' integrations
+# drive sft's own trackers (tests/training/test_trackers.py), never transformers' integrations
 TRACKER_FIELDS = {"report_to": ["tensorboard"], "tracker_project": "project"}
-# choose the loss computation (tests/test_chunked_loss.py)
+# choose the loss computation (tests/training/test_chunked_loss.py)
 LOSS_FIELDS = {"chunked_loss": False}
-# compile the decoder layers in sft, not TRL's whole-model torch_compile (tests/test_compile.py)
+# compile the decoder layers in sft, not TRL's whole-model torch_compile (tests/training/test_compile.py)
 COMPILE_FIELDS = {"compile": True}
 
 

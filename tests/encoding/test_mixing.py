@@ -3,15 +3,12 @@ decided by the seed, each source's cache kept when a weight changes, per-source 
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import write_jsonl
+from recipes import SIZES, mixed_recipe, sources, write_sources
 from typer.testing import CliRunner
 
 from sft_cli.cli.app import app
@@ -21,58 +18,6 @@ from sft_cli.recipe.schema import load_recipe
 from sft_cli.training.run import train
 
 runner = CliRunner()
-SIZES = {"alpaca": 600, "qa": 400, "dialogues": 300}
-
-
-def write_sources(folder: Path, sizes: dict[str, int] = SIZES) -> dict[str, Path]:
-    """An alpaca .jsonl, a .csv whose columns need mapping, and a `messages` .parquet."""
-    folder.mkdir(parents=True, exist_ok=True)
-    alpaca = write_jsonl(
-        folder / "alpaca.jsonl",
-        [
-            {"instruction": f"Add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)}
-            for i in range(sizes["alpaca"])
-        ],
-    )
-    qa = folder / "qa.csv"
-    with qa.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["question", "answer"])
-        writer.writeheader()
-        writer.writerows({"question": f"Spell {i} in words?", "answer": f"number {i}"} for i in range(sizes["qa"]))
-    chats = [
-        [{"role": "user", "content": f"Say hello {i} times."}, {"role": "assistant", "content": f"hello x{i}"}]
-        for i in range(sizes["dialogues"])
-    ]
-    dialogues = folder / "dialogues.parquet"
-    pq.write_table(pa.table({"messages": chats}), dialogues)
-    return {"alpaca": alpaca, "qa": qa, "dialogues": dialogues}
-
-
-def sources(files: dict[str, Path], weights=(0.5, 0.3, 0.2), **extra) -> list[dict]:
-    entries = [
-        {"path": files["alpaca"].name},
-        {"path": files["qa"].name, "columns": {"instruction": "question", "output": "answer"}},
-        {"path": files["dialogues"].name, "format": "messages"},
-    ]
-    for entry, weight in zip(entries, weights):
-        if weight is not None:
-            entry["weight"] = weight
-        entry.update(extra)
-    return entries
-
-
-def mixed_recipe(folder: Path, model: Path, entries: list[dict], training=None, **data) -> Path:
-    recipe = {
-        "model": {"name": str(model)},
-        "data": {"sources": entries, **data},
-        "template": "chat",
-        "max_length": 64,
-        "training": {"batch_size": 8, "max_steps": 6, "logging_steps": 1, **(training or {})},
-        "output": {"dir": "run"},
-    }
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
 
 
 def mix_of(path: Path, *overrides: str):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_train import metrics, recipe_file
+from recipes import metrics, recipe_file
 from transformers import AutoModelForCausalLM
 
 from sft_cli.recipe.schema import load_recipe

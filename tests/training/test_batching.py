@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 from conftest import ALPACA_ROWS
-from test_train import recipe_file
+from recipes import recipe_file
 
 from sft_cli.encoding.encode import IGNORE
 from sft_cli.recipe.schema import load_recipe

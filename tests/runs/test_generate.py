@@ -7,7 +7,7 @@ import json
 
 import pytest
 from conftest import ALPACA_ROWS, CHAT_ROWS, write_jsonl
-from test_train import recipe_file
+from recipes import recipe_file
 from typer.testing import CliRunner
 
 from sft_cli.cli.app import app

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ALPACA_ROWS
+from conftest import ALPACA_ROWS, ROOT
 from typer.testing import CliRunner
 
 from sft_cli.cli.app import app
@@ -128,9 +128,7 @@ def test_console_script_exit_code(tmp_path):
     assert result.returncode == 2 and "file not found" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(
-    "config", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_configs_validate_and_preview(config, smollm2_path):
     assert runner.invoke(app, ["validate", str(config)]).exit_code == 0
     result = runner.invoke(app, ["preview", str(config), "--json", "--limit", "1"])
@@ -143,7 +141,7 @@ def test_the_quickstart_selects_on_rows_it_neither_trains_on_nor_reports():
     data/tasks/eval.jsonl, which must share no row with it or with the training rows."""
     from sft_cli.recipe.schema import load_recipe
 
-    root = Path(__file__).parent.parent
+    root = ROOT
     recipe = load_recipe(root / "configs" / "quickstart.yaml").recipe
     scored = root / "data" / "tasks" / "eval.jsonl"
 
@@ -163,7 +161,7 @@ def test_the_dataset_script_rebuilds_the_bundled_rows_and_extra_rows_leave_the_s
     import subprocess
     import sys
 
-    root = Path(__file__).parent.parent
+    root = ROOT
     bundled = root / "data" / "tasks"
     for out, extra in ((tmp_path / "default", 0), (tmp_path / "extra", 300)):
         command = [sys.executable, str(root / "scripts" / "make_dataset.py"), "--out", str(out), "--extra", str(extra)]

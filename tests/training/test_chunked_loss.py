@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_train import recipe_file
+from recipes import recipe_file
 from transformers import AutoModelForCausalLM
 
 import sft_cli.training.chunked_loss as chunked

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from test_mixing import SIZES, mixed_recipe, sources, write_sources
+from recipes import SIZES, mixed_recipe, sources, write_sources
 from typer.testing import CliRunner
 
 from sft_cli.cli.app import app
@@ -74,7 +74,7 @@ def test_a_run_logs_every_step_and_each_sources_eval_to_tensorboard_and_mlflow(t
 
 def test_a_resumed_run_continues_its_mlflow_run(tmp_path, tiny_path, mlflow_store):
     import mlflow
-    from test_train import recipe_file
+    from recipes import recipe_file
 
     path = recipe_file(tmp_path, tiny_path, training={"report_to": "mlflow", "max_steps": 6, "save_steps": 3})
     first = runner.invoke(app, ["train", str(path), "--set", "training.max_steps=3"])
