@@ -23,7 +23,11 @@ def build_aside(target: Path) -> Path:
     naming it, before any work."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+        aside = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+        umask = os.umask(0o022)
+        os.umask(umask)
+        aside.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the finished folder private to its writer
+        return aside
     except OSError as error:
         raise write_error(target.parent, error, "creating a folder") or error from None
 

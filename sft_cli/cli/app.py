@@ -115,17 +115,11 @@ def preview(
 def prepare(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt, no_cache: bool = NoCacheOpt) -> None:
     """Encode the train (and eval) rows into the prepared-dataset cache that preview and train read."""
     from sft_cli.cli.view import ProgressView, render_stats
-    from sft_cli.encoding.loading import load_tokenizer
-    from sft_cli.encoding.mixing import prepare_mix
-    from sft_cli.encoding.templates import render_options
+    from sft_cli.encoding.mixing import prepare_data
 
     loaded = load(recipe, set_)
     quiet_libraries()
-    tokenizer = load_tokenizer(loaded.recipe)
-    options = render_options(loaded.recipe, tokenizer)
-    mix = prepare_mix(
-        loaded.recipe, tokenizer, ("train", "eval"), cache=not no_cache, progress=ProgressView(err), options=options
-    )
+    mix = prepare_data(loaded.recipe, ("train", "eval"), cache=not no_cache, progress=ProgressView(err)).mix
     for name, prepared in mix.prepared().items():
         state = "cached" if prepared.cached else "encoded now"
         render_stats(out, f"{name} ({state})", prepared.stats, [("", w) for w in prepared.warnings])

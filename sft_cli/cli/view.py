@@ -67,7 +67,7 @@ def render_examples(console: Console, shown, show_ids: bool = False) -> None:
 
 
 def render_stats(console: Console, title: str, stats, warnings: list) -> None:
-    """A split's counts, length histogram, skipped rows and warnings ((source label or "", Warning) pairs)."""
+    """A split's counts, length histogram, skipped rows and warnings ((source label or "", DataWarning) pairs)."""
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")

@@ -25,7 +25,7 @@ from pathlib import Path
 from sft_cli.data.rows import row_batches, source_of
 from sft_cli.data.sources import source_identity
 from sft_cli.encoding.rendered import RenderOptions
-from sft_cli.encoding.stats import Stats, Warning, merge_warnings
+from sft_cli.encoding.stats import DataWarning, Stats, merge_warnings
 from sft_cli.encoding.templates import render_options
 from sft_cli.folders import build_aside, cache_home, move_into_place, write_error
 from sft_cli.progress import Progress
@@ -43,7 +43,7 @@ class Prepared:
     split: str
     folder: Path
     stats: Stats
-    warnings: list[Warning]
+    warnings: list[DataWarning]
     cached: bool
     fingerprint: str
 
@@ -120,7 +120,7 @@ def load_prepared(folder: Path, split: str, fp: str) -> Prepared | None:
     if not (stats_path.is_file() and (folder / DATA_FILE).is_file()):
         return None
     saved = json.loads(stats_path.read_text(encoding="utf-8"))
-    warnings = [Warning(w["kind"], w["rows"], w["detail"], w["count"]) for w in saved["warnings"]]
+    warnings = [DataWarning(w["kind"], w["rows"], w["detail"], w["count"]) for w in saved["warnings"]]
     return Prepared(split, folder, Stats.from_json(saved["stats"]), warnings, True, fp)
 
 

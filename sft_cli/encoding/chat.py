@@ -2,7 +2,8 @@
 
 The rule, for each trained assistant turn i:
 - its prompt is the template's generation prompt for `messages[:i]`, exactly what `sft generate` sends;
-- its answer is what the template writes for `messages[:i+1]` after that prompt, through the first stop token.
+- its answer is what the template writes for `messages[:i+1]` after that prompt, through the first stop token
+  (and any stop token written straight after it: Command-R7B's `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`).
 
 One example carries every turn whose prompt + answer is a prefix of the conversation's own rendering. A turn whose
 history the template rewrites (Qwen3 drops earlier reasoning; Mistral moves the system message into the last user
@@ -25,17 +26,9 @@ from typing import Any
 
 from sft_cli.encoding.marking import MARK_START, mark, unmark
 from sft_cli.encoding.rendered import ChatTokenizer, Rendered, RenderOptions
-from sft_cli.errors import DataError, SftError
+from sft_cli.errors import DataError
 
 THINK_OPEN, THINK_CLOSE, THINK_SEPARATOR = "<think>", "</think>", "\n\n"
-
-
-def check_chat_template(tokenizer: ChatTokenizer) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        raise SftError(
-            "template: chat needs a tokenizer with a chat template, and this one has none",
-            hint="pick template: alpaca, human_assistant or special_tokens, or a custom template",
-        )
 
 
 # --- messages as the family's template expects them ------------------------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from sft_cli.data.rows import Rows
 from sft_cli.encoding.rendered import Rendered, RenderOptions, Segment
-from sft_cli.encoding.stats import Stats, Warning
+from sft_cli.encoding.stats import DataWarning, Stats
 from sft_cli.encoding.templates import extra_special_tokens, render, render_options
 from sft_cli.encoding.tokens import Piece, control_pattern, literal_ranges, tokenize_pieces
 from sft_cli.errors import DataError
@@ -42,7 +42,7 @@ class Encoded:
 class EncodedSet:
     examples: list[Encoded]
     stats: Stats
-    warnings: list[Warning]
+    warnings: list[DataWarning]
 
 
 @dataclass
@@ -204,7 +204,7 @@ def encode_rows(
     stats = Stats(rows=len(rows.rows) + len(rows.skipped), max_length=recipe.max_length)
     for number, reason in sorted([*rows.skipped, *refused]):
         stats.skip(number, reason)
-    warnings: dict[str, Warning] = {}
+    warnings: dict[str, DataWarning] = {}
     end_ids = set(tokenizer.convert_tokens_to_ids(list(options.stop_tokens)))
     examples: list[Encoded] = []
     merge_candidates: list[tuple[int, _Layout, list[int]]] = []
@@ -244,12 +244,12 @@ def encode_rows(
                 )
                 traps += [(note, "") for note in layout.rendered.notes]
                 for kind, detail in traps:
-                    warnings.setdefault(kind, Warning(kind, detail=detail)).add(row.number)
+                    warnings.setdefault(kind, DataWarning(kind, detail=detail)).add(row.number)
                 if len(layout.answers) and not encoded.truncated:
                     merge_candidates.append((row.number, layout, ids[len(prefix) :]))
     if diagnose:
         for number in _merge_check(merge_candidates, tokenizer):
-            warnings.setdefault("boundary_merge", Warning("boundary_merge")).add(number)
+            warnings.setdefault("boundary_merge", DataWarning("boundary_merge")).add(number)
     return EncodedSet(examples, stats, sorted(warnings.values(), key=lambda w: w.kind))
 
 

@@ -54,11 +54,18 @@ def _damaged_weights(name: str, exc: Exception) -> SftError:
     )
 
 
+def check_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise SftError(
+            "template: chat needs a tokenizer with a chat template, and this one has none",
+            hint="pick template: alpaca, human_assistant or special_tokens, or a custom template",
+        )
+
+
 def load_tokenizer(recipe: Recipe):
     """The recipe's tokenizer, with the template's special tokens and a pad token added."""
     from transformers import AutoTokenizer
 
-    from sft_cli.encoding.chat import check_chat_template
     from sft_cli.encoding.encode import prepare_tokenizer
 
     name, kwargs = model_location(recipe.model)

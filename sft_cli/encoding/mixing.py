@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sft_cli.encoding.cache import Prepared, prepare_split
 from sft_cli.encoding.encode import IGNORE
@@ -136,6 +137,35 @@ class Mix:
             for p in self.parts
             if p.repeats
         ]
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A recipe's data as train, prepare and the memory forecast see it: the tokenizer (with the template's tokens),
+    the render options (stop tokens from the model's own files) and the mix of its prepared sources."""
+
+    tokenizer: Any
+    options: RenderOptions
+    mix: Mix
+
+
+def prepare_data(
+    recipe: Recipe,
+    splits: tuple[str, ...],
+    *,
+    cache: bool = True,
+    root: str | Path | None = None,
+    progress: Progress | None = None,
+) -> PreparedData:
+    """The one path from a recipe to its encoded data. (`sft preview` shows its first examples before the mix is
+    prepared, so it takes the same two first steps itself.)"""
+    from sft_cli.encoding.loading import load_tokenizer
+    from sft_cli.encoding.templates import render_options
+
+    tokenizer = load_tokenizer(recipe)
+    options = render_options(recipe, tokenizer)
+    mix = prepare_mix(recipe, tokenizer, splits, cache=cache, root=root, progress=progress, options=options)
+    return PreparedData(tokenizer, options, mix)
 
 
 def prepare_mix(

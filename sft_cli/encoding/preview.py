@@ -13,7 +13,7 @@ from sft_cli.encoding.encode import IGNORE, Encoded, encode_rows
 from sft_cli.encoding.loading import load_tokenizer
 from sft_cli.encoding.mixing import Mix, prepare_mix
 from sft_cli.encoding.rendered import RenderOptions
-from sft_cli.encoding.stats import Stats, Warning
+from sft_cli.encoding.stats import DataWarning, Stats
 from sft_cli.encoding.templates import render_options
 from sft_cli.errors import SftError
 from sft_cli.progress import Progress
@@ -50,7 +50,7 @@ class Preview:
         return all(p.cached for p in self.mix.prepared().values())
 
     @property
-    def warnings(self) -> list[tuple[str, Warning]]:
+    def warnings(self) -> list[tuple[str, DataWarning]]:
         """(source label, warning): the label is empty for a one-source recipe."""
         return [
             (part.label if self.mix.mixed else "", warning)

@@ -35,7 +35,7 @@ WARNING_TEXT = {
 
 
 @dataclass
-class Warning:
+class DataWarning:
     """One kind of trap, the first rows that have it, and how many rows do."""
 
     kind: str
@@ -54,7 +54,7 @@ class Warning:
         if len(self.rows) < ROWS_KEPT:
             self.rows.append(row)
 
-    def merge(self, other: Warning) -> None:
+    def merge(self, other: DataWarning) -> None:
         self.count += other.count
         self.rows = (self.rows + other.rows)[:ROWS_KEPT]
         self.detail = self.detail or other.detail
@@ -160,9 +160,9 @@ class Stats:
         return cls(**data)
 
 
-def merge_warnings(into: dict[str, Warning], warnings: list[Warning]) -> None:
+def merge_warnings(into: dict[str, DataWarning], warnings: list[DataWarning]) -> None:
     for warning in warnings:
         if warning.kind in into:
             into[warning.kind].merge(warning)
         else:
-            into[warning.kind] = Warning(warning.kind, list(warning.rows), warning.detail, warning.count)
+            into[warning.kind] = DataWarning(warning.kind, list(warning.rows), warning.detail, warning.count)

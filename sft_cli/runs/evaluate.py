@@ -24,7 +24,7 @@ class Score:
     contains: int = 0
 
     def add(self, answer: str, expected: str) -> None:
-        got, want = normalise(answer), normalise(expected)
+        got, want = final_answer(answer), final_answer(expected)
         self.examples += 1
         self.exact += got == want
         self.contains += want in got
@@ -79,7 +79,7 @@ class EvalResult:
         }
 
 
-def normalise(text: str) -> str:
+def final_answer(text: str) -> str:
     """Whitespace-normalised final answer: a reasoning block the model wrote first (`<think>...</think>`) is not
     part of it."""
     if "</think>" in text:

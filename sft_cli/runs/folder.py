@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from sft_cli.errors import SftError
-from sft_cli.folders import refuse_foreign, refuse_overlap
+from sft_cli.folders import build_aside, refuse_foreign, refuse_overlap
 from sft_cli.recipe.schema import EncodingSpec, LoadedRecipe, Recipe
 from sft_cli.runs.record import (
     CHECKPOINTS,
@@ -281,11 +281,16 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 def save_final_model(run_dir: Path, model, tokenizer, record: RunRecord, weights: dict | None = None) -> None:
     """The trained model, tokenizer and run record, written aside and moved in: a run folder never holds half a
     final model. `weights`: the whole state dict when the model is sharded over processes (training/gather.py)."""
-    aside = run_dir / ".final.partial"
-    shutil.rmtree(aside, ignore_errors=True)
-    model.save_pretrained(aside, state_dict=weights)
-    tokenizer.save_pretrained(aside)
-    write_record(aside, record)
+    for stale in run_dir.glob(".final.partial*"):  # a save cut short by SIGKILL
+        shutil.rmtree(stale, ignore_errors=True)
+    aside = build_aside(run_dir / ".final")
+    try:
+        model.save_pretrained(aside, state_dict=weights)
+        tokenizer.save_pretrained(aside)
+        write_record(aside, record)
+    except BaseException:
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
     for item in aside.iterdir():
         target = run_dir / item.name
         if target.is_dir():

@@ -267,24 +267,19 @@ def run_forecast(
 def recipe_forecast(recipe: Recipe, progress) -> MemoryForecast:
     """`sft validate --memory`: the forecast from the prepared data (encoded now or from the cache) and the model's
     architecture on the meta device; no weights load."""
-    from sft_cli.encoding.loading import load_model_skeleton, load_tokenizer
-    from sft_cli.encoding.mixing import prepare_mix
-    from sft_cli.encoding.templates import extra_special_tokens, render_options
+    from sft_cli.encoding.loading import load_model_skeleton
+    from sft_cli.encoding.mixing import prepare_data
     from sft_cli.training.batching import sequence_lengths
     from sft_cli.training.environment import detect
-    from sft_cli.training.setup import lora_model
+    from sft_cli.training.setup import with_adapters
 
-    tokenizer = load_tokenizer(recipe)
-    options = render_options(recipe, tokenizer)
-    mix = prepare_mix(recipe, tokenizer, ("train",), cache=True, progress=progress, options=options)
+    data = prepare_data(recipe, ("train",), progress=progress)
     runtime = resident_bytes()
-    model = load_model_skeleton(recipe.model, len(tokenizer))
+    model = load_model_skeleton(recipe.model, len(data.tokenizer))
     env = detect(recipe, lambda: model)
-    if recipe.lora:
-        new_ids = tokenizer.convert_tokens_to_ids(extra_special_tokens(recipe.template))
-        model = lora_model(model, recipe, new_ids, env)
-    lengths = sequence_lengths(mix.train_dataset())
-    return run_forecast(recipe, model, lengths, trained_share(mix), runtime, env)
+    model = with_adapters(model, recipe, data.tokenizer, env)
+    lengths = sequence_lengths(data.mix.train_dataset())
+    return run_forecast(recipe, model, lengths, trained_share(data.mix), runtime, env)
 
 
 def trained_share(mix) -> float:

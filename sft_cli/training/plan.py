@@ -12,7 +12,7 @@ from sft_cli.recipe.schema import Recipe
 from sft_cli.runs.folder import RunFolder
 from sft_cli.training.batching import BatchPlan
 from sft_cli.training.environment import Environment
-from sft_cli.training.memory import memory_warning, run_forecast, trained_share
+from sft_cli.training.memory import MemoryForecast, memory_warning, run_forecast, trained_share
 
 
 @dataclass
@@ -32,10 +32,10 @@ class Plan:
     total_parameters: int = 0
     new_tokens: list[str] = field(default_factory=list)
     resume_from: str | None = None
-    batching: dict = field(default_factory=dict)  # layout, tokens per step, padding share, packing efficiency
+    batching: BatchPlan | None = None  # layout, tokens per step, padding share, packing efficiency
     prepared: dict = field(default_factory=dict)  # per split: fingerprint, whether the cache had it, folder
     sources: list = field(default_factory=list)  # each source's examples, share, tokens (and hub revision)
-    memory: dict = field(default_factory=dict)  # the peak memory forecast per process (memory.py)
+    memory: MemoryForecast | None = None  # the peak memory forecast per process (memory.py)
     memory_warning: str | None = None  # when the forecast fills more than 90% of the device's memory
 
     def as_dict(self) -> dict[str, Any]:
@@ -43,10 +43,12 @@ class Plan:
 
 
 def shown(value):
-    """A plan value as run.json writes it."""
+    """A plan value as run.json writes it: typed parts become dicts only here."""
     if isinstance(value, Path):
         return str(value)
-    return value.as_dict() if isinstance(value, Environment) else value
+    if isinstance(value, BatchPlan):
+        return dict(value.__dict__)
+    return value.as_dict() if isinstance(value, (Environment, MemoryForecast)) else value
 
 
 def make_plan(
@@ -82,10 +84,10 @@ def make_plan(
             for split, p in mix.prepared().items()
         },
         sources=mix.shares(),
-        batching=batch_plan.__dict__,
+        batching=batch_plan,
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_parameters=sum(p.numel() for p in model.parameters()),
         new_tokens=extra_special_tokens(recipe.template),
-        memory=memory.as_dict(),
+        memory=memory,
         memory_warning=memory_warning(memory),
     )

@@ -66,8 +66,8 @@ def layout(recipe: Recipe) -> str:
 
 def sft_config(recipe: Recipe, run_dir: Path, env: Environment, has_eval: bool):
     """TRL's arguments, every recipe field passed explicitly (TRL's own defaults differ from transformers': e.g.
-    gradient checkpointing on, bf16 on; none of them may decide silently; tests/training/test_train_config.py checks every
-    field)."""
+    gradient checkpointing on, bf16 on; none of them may decide silently; tests/training/test_train_config.py checks
+    every field)."""
     from trl import SFTConfig
 
     t = recipe.training
@@ -119,6 +119,17 @@ def sft_config(recipe: Recipe, run_dir: Path, env: Environment, has_eval: bool):
     if config.n_gpu > 1:  # one process asked for on a machine of several GPUs: train on the first only (Trainer
         config._n_gpu = 1  # would wrap the model in nn.DataParallel, which TRL refuses)
     return config
+
+
+def with_adapters(model, recipe: Recipe, tokenizer, env: Environment):
+    """The model as it trains: wrapped in LoRA when the recipe asks, the template's special tokens' embedding rows
+    trained too. The one path for training and the memory forecast."""
+    if not recipe.lora:
+        return model
+    from sft_cli.encoding.templates import extra_special_tokens
+
+    new_ids = tokenizer.convert_tokens_to_ids(extra_special_tokens(recipe.template))
+    return lora_model(model, recipe, new_ids, env)
 
 
 def lora_model(model, recipe: Recipe, new_token_ids: list[int], env: Environment | None = None):

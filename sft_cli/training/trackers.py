@@ -25,7 +25,6 @@ from urllib.parse import urlparse
 
 from sft_cli.errors import RecipeError, SftError
 
-TRACKER_NAMES = ("tensorboard", "mlflow", "trackio", "wandb")
 IDS_FILE = "trackers.json"
 # the modules each tracker needs, and the extra that installs them
 NEEDS = {

@@ -78,7 +78,7 @@ def test_loss_is_the_same_padded_padding_free_and_packed(tmp_path, tiny_path, lo
         trainer = session.trainer
         batch = next(iter(trainer.get_train_dataloader()))
         assert sorted(session.collator.first_rows) == [1, 2, 3, 4]  # every row (numbered from 1), one batch
-        assert session.plan.batching["layout"] == name
+        assert session.plan.batching.layout == name
         with torch.no_grad():
             losses[name] = trainer.compute_loss(trainer.model.eval(), dict(batch)).item()
     assert losses["padding_free"] == pytest.approx(losses["padded"], abs=1e-5)

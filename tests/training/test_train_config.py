@@ -88,10 +88,11 @@ def test_the_trainer_arguments_exist_before_the_model_loads(tmp_path, tiny_path,
     """Under DeepSpeed ZeRO-3 the arguments set up `zero.Init`, which makes each rank load only its partition of
     the weights: they must be built before the model is."""
     import sft_cli.training.run as run
+    import sft_cli.training.stages as stages
 
     order = []
-    real_config, real_load = run.sft_config, run.load_model
+    real_config, real_load = run.sft_config, stages.load_model
     monkeypatch.setattr(run, "sft_config", lambda *a, **k: order.append("arguments") or real_config(*a, **k))
-    monkeypatch.setattr(run, "load_model", lambda *a, **k: order.append("model") or real_load(*a, **k))
+    monkeypatch.setattr(stages, "load_model", lambda *a, **k: order.append("model") or real_load(*a, **k))
     run.prepare(load_recipe(recipe_file(tmp_path, tiny_path)), dry_run=True)
     assert order == ["arguments", "model"]

@@ -1,5 +1,5 @@
-"""One process of tests/training/test_sharded_save.py: trains the tiny model a few AdamW steps and saves it through sft's
-own save path (training/gather.py, then runs/folder.save_final_model). Started by torchrun with 2 processes, it
+"""One process of tests/training/test_sharded_save.py: trains the tiny model a few AdamW steps and saves it through
+sft's own save path (training/gather.py, then runs/folder.save_final_model). Started by torchrun with 2 processes, it
 shards the model with torch's `fully_shard` (FSDP2) over gloo (accelerate builds FSDP only for GPU backends, so
 torch is driven directly); started alone, it is the one-process run the sharded one must equal.
 
@@ -96,7 +96,11 @@ def main(model_dir: str, out: str, kind: str, steps: int, options: list[str]) ->
             save_final_model(Path(out), model, tokenizer, record, weights)
     if sharded:
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        # every rank has written what it writes: leave without gloo's teardown, which can abort a rank ("terminate
+        # called without an active exception") when the other one has already gone
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
