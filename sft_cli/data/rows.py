@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sft_cli.data.conversations import CHAT_ROLES, mapped_roles, sharegpt_record, tool_schemas, unknown_role
 from sft_cli.data.sources import count_records, iter_records
 from sft_cli.errors import DataError
 from sft_cli.recipe.schema import Recipe
@@ -18,8 +19,8 @@ FORMAT_FIELDS = {
     "alpaca": ("instruction", "input", "output"),
     "prompt_completion": ("prompt", "completion"),
     "messages": ("messages",),
+    "sharegpt": ("conversations", "system", "tools"),
 }
-ROLES = ("system", "user", "assistant", "tool")
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 
 
@@ -64,13 +65,15 @@ def detect_format(record: dict, columns: dict[str, str], source: str) -> str:
     keys = {_reverse(columns).get(k, k) for k in record}
     if "messages" in keys:
         return "messages"
+    if "conversations" in keys:
+        return "sharegpt"
     if {"prompt", "completion"} <= keys:
         return "prompt_completion"
     if {"instruction", "output"} <= keys:
         return "alpaca"
     raise DataError(
         f"{source}: cannot tell the data format from the columns {sorted(record)}",
-        hint="set data.format (alpaca | prompt_completion | messages) and map columns with data.columns",
+        hint="set data.format (alpaca | prompt_completion | messages | sharegpt) and map columns with data.columns",
     )
 
 
@@ -98,14 +101,17 @@ def _reverse(columns: dict[str, str]) -> dict[str, str]:
     return {source: target for target, source in columns.items()}
 
 
-def normalise(record: dict, fmt: str, columns: dict[str, str], keep_extra: bool) -> dict:
-    """Rename mapped columns and turn the row into alpaca fields or `messages`; raise ValueError if malformed."""
+def normalise(record: dict, fmt: str, columns: dict[str, str], keep_extra: bool, roles: dict | None = None) -> dict:
+    """Rename mapped columns and turn the row into alpaca fields or `messages` (ShareGPT conversations and
+    `data.roles` read by data/conversations.py); raise ValueError if malformed."""
     broken = lone_surrogate(record)
     if broken:
         raise ValueError(f"field {broken} holds a lone UTF-16 surrogate: not Unicode text (fix the file's escapes)")
     renamed = {_reverse(columns).get(k, k): v for k, v in record.items()}
+    if fmt == "sharegpt":
+        return normalise_chat(sharegpt_record(renamed, roles or {}))
     if fmt == "messages":
-        return normalise_chat(renamed)
+        return normalise_chat({**renamed, "messages": mapped_roles(renamed.get("messages"), roles or {})})
     if fmt == "prompt_completion":
         row = {"instruction": renamed.get("prompt"), "input": "", "output": renamed.get("completion")}
         names = {"instruction": "prompt", "output": "completion"}
@@ -151,7 +157,8 @@ def normalise_chat(record: dict) -> dict:
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("field 'messages' must be a non-empty list of {role, content}")
-    out = [_check_message(i, m) for i, m in enumerate(messages, 1)]
+    seen = [m.get("role") for m in messages if isinstance(m, dict)]
+    out = [_check_message(i, m, seen) for i, m in enumerate(messages, 1)]
     assistants = [m for m in out if m["role"] == "assistant"]
     if not assistants:
         raise ValueError("no assistant turn to train on")
@@ -173,7 +180,7 @@ def normalise_chat(record: dict) -> dict:
     if tools:
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
             raise ValueError("field 'tools' must be a list of JSON schema objects")
-        row["tools"] = tools
+        row["tools"] = tool_schemas(tools)
     return row
 
 
@@ -188,9 +195,11 @@ def parse_arguments(arguments: Any) -> Any:
     return arguments
 
 
-def _check_message(i: int, message) -> dict:
-    if not isinstance(message, dict) or message.get("role") not in ROLES:
-        raise ValueError(f"message {i}: role must be one of {', '.join(ROLES)}")
+def _check_message(i: int, message, seen: list) -> dict:
+    if not isinstance(message, dict):
+        raise ValueError(f"message {i}: must be an object with 'role' and 'content'")
+    if message.get("role") not in CHAT_ROLES:
+        raise ValueError(unknown_role(f"message {i}", message.get("role"), seen))
     role, content = message["role"], message.get("content")
     calls = message.get("tool_calls") if role == "assistant" else None
     if content is None and not calls:
@@ -270,7 +279,7 @@ def row_batches(recipe: Recipe, split: str = "train", size: int = 1000) -> Itera
         if chosen is not None and (number in chosen) != (split == "eval"):
             continue
         try:
-            batch.rows.append(Row(number, normalise(record, fmt, data.columns, keep_extra)))
+            batch.rows.append(Row(number, normalise(record, fmt, data.columns, keep_extra, data.roles)))
             kept += 1
         except ValueError as exc:
             if data.on_bad_row == "error":

@@ -93,8 +93,9 @@ class Recipe(EncodingSpec):
                 )
         if training.eval_steps and not has_eval:
             problems.append("training.eval_steps is set but there is no eval data (data.eval_path/eval_fraction)")
-        if any(s.format == "messages" for s in self.data.source_entries()) and self.template != "chat":
-            problems.append("data.format messages needs template: chat")
+        chats = [s.format for s in self.data.source_entries() if s.format in ("messages", "sharegpt")]
+        if chats and self.template != "chat":
+            problems.append(f"data.format {chats[0]} needs template: chat")
         if training.early_stopping:
             problems += self._metric_problems(training.early_stopping.metric)
         if problems:

@@ -64,7 +64,9 @@ TemplateSpec = Annotated[
 ]
 
 
-SOURCE_KEYS = ("path", "name", "revision", "format", "columns", "split", "eval_path", "eval_fraction", "limit")
+SOURCE_KEYS = ("path", "name", "revision", "format", "columns", "roles", "split", "eval_path", "eval_fraction", "limit")
+DataFormat = Literal["alpaca", "prompt_completion", "messages", "sharegpt"]
+ChatRole = Literal["system", "user", "assistant", "tool", "tool_call"]
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 
@@ -75,11 +77,15 @@ class SourceFields(Section):
     path: str = Field(description=".jsonl .json .csv .parquet, a folder of them, a save_to_disk folder, or a hub id")
     name: str | None = Field(None, description="hub dataset configuration (subset) name")
     revision: str | None = Field(None, description="hub dataset revision (branch, tag or commit); recorded")
-    format: Literal["alpaca", "prompt_completion", "messages"] | None = Field(
-        None, description="alpaca | prompt_completion | messages; detected from the columns when omitted"
+    format: DataFormat | None = Field(
+        None, description="alpaca | prompt_completion | messages | sharegpt; detected from the columns when omitted"
     )
     columns: dict[str, str] = Field(
         default_factory=dict, description="map the format's field names to your columns, e.g. {output: answer}"
+    )
+    roles: dict[str, ChatRole] = Field(
+        default_factory=dict,
+        description="map a chat's own role names to sft's, e.g. {bot: assistant} (ShareGPT's are known)",
     )
     split: str = Field("train", description="split to read from a hub dataset or a DatasetDict folder")
     eval_path: str | None = Field(None, description="held-out rows for evaluation (same format)")
@@ -114,8 +120,9 @@ class DataSection(Section):
     path: str | None = Field(None, description="one source: " + SourceFields.model_fields["path"].description)
     name: str | None = SourceFields.model_fields["name"]
     revision: str | None = SourceFields.model_fields["revision"]
-    format: Literal["alpaca", "prompt_completion", "messages"] | None = SourceFields.model_fields["format"]
+    format: DataFormat | None = SourceFields.model_fields["format"]
     columns: dict[str, str] = SourceFields.model_fields["columns"]
+    roles: dict[str, ChatRole] = SourceFields.model_fields["roles"]
     split: str = SourceFields.model_fields["split"]
     eval_path: str | None = SourceFields.model_fields["eval_path"]
     eval_fraction: float | None = Field(

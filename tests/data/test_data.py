@@ -79,7 +79,7 @@ def test_bad_rows_skipped_and_counted(tmp_path):
     "messages, message",
     [
         ([{"role": "user", "content": "hi"}], "no assistant turn"),
-        ([{"role": "robot", "content": "hi"}], "message 1: role must be one of"),
+        ([{"role": "robot", "content": "hi"}], "message 1: role 'robot' is not one sft reads"),
         (
             [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}],
             "message 2: the assistant turn is empty",

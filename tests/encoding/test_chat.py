@@ -4,6 +4,8 @@ trains, and the ids before the turn are its generation prompt tokenized as one t
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from families import CHATS, FAMILIES, build_family_tokenizer
 from transformers import AutoTokenizer
@@ -413,3 +415,61 @@ def test_apertus_tool_calls_train_only_where_a_runtime_stops_after_them(tiny_pat
         assert trained == ([call] if with_config else []) + ["It is 21 C in Paris.<|assistant_end|>"]
         kinds = [w.kind for w in encoded.warnings]
         assert ("tool_call_without_stop" in kinds) != with_config and "end_token_missing" not in kinds
+
+
+GLAIVE_ROW = {  # LLaMA-Factory's glaive_toolcall_en_demo layout: ShareGPT turns, tools as JSON text
+    "conversations": [
+        {"from": "human", "value": "Convert 500 USD to EUR, please."},
+        {
+            "from": "function_call",
+            "value": '{"name": "convert_currency", "arguments": {"amount": 500, "from": "USD", "to": "EUR"}}',
+        },
+        {"from": "observation", "value": '{"converted_amount": 425.5}'},
+        {"from": "gpt", "value": "500 USD is about 425.50 EUR."},
+    ],
+    "tools": '[{"name": "convert_currency", "description": "Convert an amount between currencies", '
+    '"parameters": {"type": "object", "properties": {"amount": {"type": "number"}}}}]',
+}
+
+
+def test_sharegpt_tool_calls_train_as_the_template_writes_them_and_observations_never(family_tokenizers):
+    tokenizer = family_tokenizers("qwen2.5")
+    recipe = chat_recipe(max_length=1024)
+    rows = Rows([Row(1, normalise(GLAIVE_ROW, "sharegpt", {}, keep_extra=False))], "glaive.json", "sharegpt")
+    encoded = encode_rows(rows, tokenizer, recipe)
+    trained = [text for _, text, _ in turns_of(tokenizer, encoded)]
+    call = '{"name": "convert_currency", "arguments": {"amount": 500, "from": "USD", "to": "EUR"}}'
+    assert trained == [f"<tool_call>\n{call}\n</tool_call><|im_end|>", "500 USD is about 425.50 EUR.<|im_end|>"]
+    text = encoded.examples[0].text
+    assert "425.5}" in text and "Convert an amount between currencies" in text  # the observation and tools: context
+
+
+@pytest.mark.parametrize(
+    ("row", "roles", "needle"),
+    [
+        (
+            {"conversations": [{"from": "human", "value": "Hi"}, {"from": "bot", "value": "Hello"}]},
+            {},
+            "turn 2: role 'bot' is not one sft reads (this row's roles: human, bot); map it with data.roles",
+        ),
+        (
+            {"messages": [{"role": "human", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+            {},
+            "message 1: role 'human' is not one sft reads (this row's roles: human, assistant)",
+        ),
+    ],
+)
+def test_a_role_no_mapping_covers_is_named_with_the_roles_seen(row, roles, needle):
+    fmt = "sharegpt" if "conversations" in row else "messages"
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        normalise(row, fmt, {}, keep_extra=False, roles=roles)
+
+
+def test_data_roles_map_any_chats_own_role_names(family_tokenizers):
+    tokenizer = family_tokenizers("qwen2.5")
+    roles = {"bot": "assistant", "human": "user"}
+    sharegpt = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "bot", "value": "Hello"}]}
+    messages = {"messages": [{"role": "human", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}
+    for fmt, row in (("sharegpt", sharegpt), ("messages", messages)):
+        rows = Rows([Row(1, normalise(row, fmt, {}, keep_extra=False, roles=roles))], "chats.jsonl", fmt)
+        assert only_run(tokenizer, encode_rows(rows, tokenizer, chat_recipe())) == "Hello<|im_end|>"
