@@ -190,9 +190,9 @@ def timed_train(trainer) -> Times:
 
 def run_sft(data, model, steps, batch, out, counter, training: dict) -> tuple:
     from sft_cli.recipe.schema import load_recipe
-    from sft_cli.training.run import prepare
+    from sft_cli.training.run import setup_session
 
-    session = prepare(load_recipe(sft_recipe(data, model, steps, batch, out, training)), no_cache=True)
+    session = setup_session(load_recipe(sft_recipe(data, model, steps, batch, out, training)), no_cache=True)
     trainer = session.trainer
     trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
     compute_loss = trainer.compute_loss

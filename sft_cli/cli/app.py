@@ -99,7 +99,7 @@ def preview(
         progress=ProgressView(err),
         on_examples=show,
     )
-    document = result.as_json()
+    document = result.as_dict()
     if as_json:
         sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
         return

@@ -59,7 +59,7 @@ class Preview:
             for warning in part.prepared[self.split].warnings
         ]
 
-    def as_json(self) -> dict:
+    def as_dict(self) -> dict:
         """The stable `sft preview --json` contract (`source` keys and `sources` with several sources)."""
         mixed = self.mix.mixed
         document = {

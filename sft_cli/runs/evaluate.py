@@ -13,7 +13,7 @@ from sft_cli.data.rows import Rows, load_rows, read_records
 from sft_cli.encoding.encode import IGNORE, encode_rows
 from sft_cli.errors import SftError
 from sft_cli.recipe.schema import Recipe
-from sft_cli.runs.generate import LoadedRun, Sampling, generate, load_run
+from sft_cli.runs.generate import LoadedRun, Sampling, generate, load_run, pad_id
 from sft_cli.runs.record import read_record
 
 
@@ -125,7 +125,7 @@ def answer_loss(run: LoadedRun, examples, batch_size: int = 16) -> tuple[float, 
     import torch
 
     total, count = 0.0, 0
-    pad = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
+    pad = pad_id(run.tokenizer)  # as generation pads (the id never counts: masked and unlabelled)
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
         width = max(len(e.input_ids) for e in batch)

@@ -44,7 +44,7 @@ class RunRecord:
             "precision, so answers may differ slightly from the QLoRA model's"
         )
 
-    def as_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "encoding": self.encoding.model_dump(mode="json"),
@@ -59,7 +59,7 @@ class RunRecord:
 def write_record(folder: Path, record: RunRecord) -> Path:
     """Write the contract file into a model folder (a run, a merged model, an export)."""
     path = Path(folder) / TEMPLATE_FILE
-    path.write_text(json.dumps(record.as_json(), indent=2), encoding="utf-8")
+    path.write_text(json.dumps(record.as_dict(), indent=2), encoding="utf-8")
     return path
 
 

@@ -1,10 +1,10 @@
 """`sft train`: recipe -> encoded dataset -> TRL SFTTrainer (+PEFT, +Accelerate) -> a complete run folder.
 
-Read top to bottom, torchtune's way: `prepare` runs the named setup stages (run folder, data, model, trainer), each
-returning one object, so everything that can fail fails before the first step; `run` trains and saves. Batches come
-from `batching.py` (padding-free by default) with the attention of `attention.py`. The dataset handed to TRL is the
-output of `encode_rows`, the function `sft preview` shows; TRL is told to skip its own preparation, so it neither
-re-tokenizes nor re-masks.
+Read top to bottom, torchtune's way: `setup_session` runs the named setup stages (run folder, data, model,
+trainer; stages.py), each returning one object, so everything that can fail fails before the first step; `run`
+trains and saves. Batches come from `batching.py` (padding-free by default) with the attention of `attention.py`.
+The dataset handed to TRL is the output of `encode_rows`, the function `sft preview` shows; TRL is told to skip its
+own preparation, so it neither re-tokenizes nor re-masks.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Session:
             shutil.rmtree(self.data.temporary, ignore_errors=True)
 
 
-def prepare(
+def setup_session(
     loaded: LoadedRecipe,
     *,
     resume: bool = False,
@@ -121,7 +121,7 @@ def prepare(
 
 
 def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, stop_at_step, no_cache) -> Session:
-    """The stages after the run folder is held (see `prepare`)."""
+    """The stages after the run folder is held (see `setup_session`)."""
     recipe = loaded.recipe
     env = detect(recipe, lambda: load_model_skeleton(recipe.model))  # what this hardware cannot run fails here
     if env.is_main:
@@ -243,8 +243,8 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
 
 
 def train(loaded: LoadedRecipe, *, argv: list[str] | None = None, **options) -> RunResult:
-    """Run a recipe end to end (options as for `prepare`)."""
-    session = prepare(loaded, **options)
+    """Run a recipe end to end (options as for `setup_session`)."""
+    session = setup_session(loaded, **options)
     if options.get("dry_run"):
         return RunResult(session.plan.run_dir, session.plan, "dry_run")
     return run(session, argv)

@@ -13,7 +13,7 @@ from recipes import recipe_file
 from sft_cli.encoding.encode import IGNORE
 from sft_cli.recipe.schema import load_recipe
 from sft_cli.training.batching import Collator, pack_bins, plan_batches
-from sft_cli.training.run import prepare
+from sft_cli.training.run import setup_session
 
 
 def test_pack_bins_best_fit_keeps_every_sequence_whole_and_fills_bins():
@@ -74,7 +74,7 @@ def test_loss_is_the_same_padded_padding_free_and_packed(tmp_path, tiny_path, lo
         path = recipe_file(
             tmp_path / name, tiny_path, rows=ALPACA_ROWS, loss=loss, training={"batch_size": 4, **training}
         )
-        session = prepare(load_recipe(path))
+        session = setup_session(load_recipe(path))
         trainer = session.trainer
         batch = next(iter(trainer.get_train_dataloader()))
         assert sorted(session.collator.first_rows) == [1, 2, 3, 4]  # every row (numbered from 1), one batch

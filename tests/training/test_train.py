@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from sft_cli.cli.app import app
 from sft_cli.encoding.encode import IGNORE
 from sft_cli.recipe.schema import load_recipe
-from sft_cli.training.run import prepare, train
+from sft_cli.training.run import setup_session, train
 
 runner = CliRunner()
 
@@ -58,7 +58,7 @@ def test_trainer_batches_carry_preview_labels_and_loss_covers_exactly_them(tmp_p
     path = recipe_file(tmp_path, tiny_path, rows=ALPACA_ROWS, loss=loss)
     preview = runner.invoke(app, ["preview", str(path), "--json", "--limit", "10"])
     expected = {e["index"]: e["labels"] for e in json.loads(preview.stdout)["examples"]}
-    session = prepare(load_recipe(path))
+    session = setup_session(load_recipe(path))
     trainer = session.trainer
     batch = next(iter(trainer.get_train_dataloader()))  # padding-free: one row, sequences one after the other
     bounds = batch["cu_seq_lens_q"].tolist()

@@ -94,5 +94,5 @@ def test_the_trainer_arguments_exist_before_the_model_loads(tmp_path, tiny_path,
     real_config, real_load = run.sft_config, stages.load_model
     monkeypatch.setattr(run, "sft_config", lambda *a, **k: order.append("arguments") or real_config(*a, **k))
     monkeypatch.setattr(stages, "load_model", lambda *a, **k: order.append("model") or real_load(*a, **k))
-    run.prepare(load_recipe(recipe_file(tmp_path, tiny_path)), dry_run=True)
+    run.setup_session(load_recipe(recipe_file(tmp_path, tiny_path)), dry_run=True)
     assert order == ["arguments", "model"]
