@@ -25,12 +25,30 @@ def init(
     output: Path = typer.Option(Path("recipe.yaml"), "--output", "-o", help="Where to write the recipe."),
     template: str = typer.Option("alpaca", help="alpaca | human_assistant | special_tokens | chat"),
     force: bool = typer.Option(False, help="Replace an existing recipe file."),
+    from_: Path | None = typer.Option(
+        None,
+        "--from",
+        help="Translate an Axolotl YAML or a LLaMA-Factory training YAML instead; keys sft has no place for are "
+        "listed at the top of the recipe and on stderr.",
+    ),
+    dataset_info: Path | None = typer.Option(
+        None, "--dataset-info", help="With a LLaMA-Factory config: its dataset_info.json (default: its dataset_dir)."
+    ),
 ) -> None:
-    """Write a commented starter recipe (and a tiny example dataset beside it if none is there)."""
-    from sft_cli.recipe.starter import write_starter
+    """Write a commented starter recipe (and a tiny example dataset beside it if none is there), or translate a
+    peer's config with --from."""
+    if from_ is not None:
+        from sft_cli.recipe.translate import write_translation
 
-    for path in write_starter(output, template, force):
-        out.print(f"wrote {path}")
+        translation = write_translation(from_, output, dataset_info, force)
+        for entry in translation.unmapped:
+            err.print(f"not translated: {entry}", highlight=False, markup=False, soft_wrap=True)
+        out.print(f"wrote {output} (from a {translation.source} config)")
+    else:
+        from sft_cli.recipe.starter import write_starter
+
+        for path in write_starter(output, template, force):
+            out.print(f"wrote {path}")
     out.print(f"next: sft validate {output} && sft preview {output}")
 
 
