@@ -75,6 +75,10 @@ def render_stats(console: Console, title: str, stats, warnings: list) -> None:
     table.add_row("examples kept", f"{stats.examples:,}")
     if stats.split_turns:
         table.add_row("chat turns trained in their own example", f"{stats.split_turns:,}")
+    if stats.split_documents:
+        table.add_row(
+            "documents over max_length, split into windows", f"{stats.split_documents:,} -> {stats.windows:,}"
+        )
     table.add_row("dropped (overflow / nothing trained)", f"{stats.dropped:,}")
     table.add_row("truncated", f"{stats.truncated:,}")
     table.add_row("skipped bad rows", f"{stats.skipped:,}")

@@ -20,6 +20,7 @@ FORMAT_FIELDS = {
     "prompt_completion": ("prompt", "completion"),
     "messages": ("messages",),
     "sharegpt": ("conversations", "system", "tools"),
+    "text": ("text",),
 }
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 
@@ -67,13 +68,16 @@ def detect_format(record: dict, columns: dict[str, str], source: str) -> str:
         return "messages"
     if "conversations" in keys:
         return "sharegpt"
+    if keys == {"text"}:
+        return "text"
     if {"prompt", "completion"} <= keys:
         return "prompt_completion"
     if {"instruction", "output"} <= keys:
         return "alpaca"
     raise DataError(
         f"{source}: cannot tell the data format from the columns {sorted(record)}",
-        hint="set data.format (alpaca | prompt_completion | messages | sharegpt) and map columns with data.columns",
+        hint="set data.format (alpaca | prompt_completion | messages | sharegpt | text) and map columns with "
+        "data.columns",
     )
 
 
@@ -110,6 +114,11 @@ def normalise(record: dict, fmt: str, columns: dict[str, str], keep_extra: bool,
     renamed = {_reverse(columns).get(k, k): v for k, v in record.items()}
     if fmt == "sharegpt":
         return normalise_chat(sharegpt_record(renamed, roles or {}))
+    if fmt == "text":
+        text = renamed.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"field {columns.get('text', 'text')!r} must be non-empty text (a document)")
+        return {"text": text}
     if fmt == "messages":
         return normalise_chat({**renamed, "messages": mapped_roles(renamed.get("messages"), roles or {})})
     if fmt == "prompt_completion":

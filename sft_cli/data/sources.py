@@ -42,11 +42,19 @@ def iter_records(
 
 
 def _file_records(path: Path) -> Iterator[tuple[int, dict]]:
-    readers = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
+    readers = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet, ".txt": _text}
     suffix = path.suffix.lower()
     if suffix not in readers:
-        raise DataError(f"{path}: unsupported file type {suffix!r}", hint="use .jsonl .json .csv or .parquet")
+        raise DataError(f"{path}: unsupported file type {suffix!r}", hint="use .jsonl .json .csv .parquet or .txt")
     yield from readers[suffix](path)
+
+
+def _text(path: Path) -> Iterator[tuple[int, dict]]:
+    """A .txt file is one document (plain text for `format: text`); a folder of them, one document each."""
+    try:
+        yield 1, {"text": path.read_text(encoding="utf-8")}
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at {error.start})") from None
 
 
 def is_saved_dataset(folder: Path) -> bool:
@@ -59,7 +67,7 @@ def data_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
     if not files:
         raise DataError(
-            f"{folder}: a data folder holds .jsonl, .json, .csv or .parquet files, or a save_to_disk dataset; "
+            f"{folder}: a data folder holds .jsonl, .json, .csv, .parquet or .txt files, or a save_to_disk dataset; "
             "this one has neither",
             hint="point data.path at a data file, or at a folder of them",
         )

@@ -224,6 +224,9 @@ def encode_rows(
                 queue.append((alone, tokenize_pieces(tokenizer, alone.pieces, offsets=with_offsets)))
             if ids is None:
                 continue
+            if layout.rendered.document and len(ids) > recipe.max_length:
+                examples += _windows(row.number, ids, recipe.max_length, tokenizer, stats)
+                continue
             encoded = _apply_overflow(row.number, rows.source, layout, ids, labels, removable, recipe, stats)
             if encoded is None:
                 continue
@@ -251,6 +254,21 @@ def encode_rows(
         for number in _merge_check(merge_candidates, tokenizer):
             warnings.setdefault("boundary_merge", DataWarning("boundary_merge")).add(number)
     return EncodedSet(examples, stats, sorted(warnings.values(), key=lambda w: w.kind))
+
+
+def _windows(number: int, ids: list[int], max_length: int, tokenizer, stats) -> list[Encoded]:
+    """A plain-text document longer than max_length as consecutive windows of it, every token trained: splitting
+    is right here (and only here), where no answer depends on a prompt before it."""
+    stats.count_length(len(ids))
+    windows = [ids[start : start + max_length] for start in range(0, len(ids), max_length)]
+    stats.split_documents += 1
+    stats.windows += len(windows)
+    stats.examples += len(windows)
+    stats.trained_tokens += len(ids)
+    stats.total_tokens += len(ids)
+    stats.max_tokens = max(stats.max_tokens, max_length)
+    text = tokenizer.batch_decode(windows)
+    return [Encoded(number, part, window, list(window), False) for part, window in zip(text, windows)]
 
 
 def _apply_overflow(number, source, layout, ids, labels, removable, recipe, stats) -> Encoded | None:

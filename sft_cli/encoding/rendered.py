@@ -29,6 +29,7 @@ class Rendered:
     segments: tuple[Segment, ...]
     split: bool = False
     notes: tuple[str, ...] = ()
+    document: bool = False  # plain text (`format: text`): split into windows of max_length rather than dropped
 
     @property
     def text(self) -> str:

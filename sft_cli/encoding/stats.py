@@ -77,6 +77,8 @@ class Stats:
     truncated: int = 0
     skipped: int = 0
     split_turns: int = 0
+    split_documents: int = 0  # plain-text documents longer than max_length, split into windows
+    windows: int = 0  # the examples those documents became
     trained_tokens: int = 0
     total_tokens: int = 0
     max_tokens: int = 0
@@ -116,6 +118,8 @@ class Stats:
             "truncated",
             "skipped",
             "split_turns",
+            "split_documents",
+            "windows",
             "trained_tokens",
             "total_tokens",
         ):
@@ -140,6 +144,8 @@ class Stats:
             "truncated": self.truncated,
             "skipped": self.skipped,
             "split_turns": self.split_turns,
+            "split_documents": self.split_documents,
+            "windows": self.windows,
             "trained_tokens": self.trained_tokens,
             "total_tokens": self.total_tokens,
             "trained_share": round(self.trained_share, 4),

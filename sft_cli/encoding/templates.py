@@ -106,7 +106,11 @@ def render(
     template: str | CustomTemplate, row: dict, tokenizer: ChatTokenizer, options: RenderOptions = RenderOptions()
 ) -> list[Rendered]:
     """The training examples of one normalised row (alpaca fields, or `messages`): one, except for chats whose
-    template rewrites history (see chat.py)."""
+    template rewrites history (see chat.py); a plain-text document trains every token, then EOS (the template does
+    not apply: it has no prompt)."""
+    if set(row) == {"text"}:
+        eos = tokenizer.eos_token or ""
+        return [Rendered((Segment(row["text"], "answer", plain=True), Segment(eos, "answer")), document=True)]
     if template == "chat":
         return render_chat(tokenizer, chat_row(row), options)
     return [_render_instruction_row(template, row, tokenizer.eos_token or "", True)]

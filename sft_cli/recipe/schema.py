@@ -77,6 +77,20 @@ class Recipe(EncodingSpec):
             raw = {**raw, **{k: {} for k in ("training", "output", "chat") if k in raw and raw[k] is None}}
         return raw
 
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_text_packs(cls, raw: Any) -> Any:
+        """Plain text (`format: text`) packs its windows by default: documents run into each other, EOS between."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+            return raw
+        data = raw["data"]
+        entries = [data, *(s for s in data.get("sources") or [] if isinstance(s, dict))]
+        training = raw.get("training") or {}
+        if any(e.get("format") == "text" for e in entries) and isinstance(training, dict):
+            if "packing" not in training:
+                raw = {**raw, "training": {**training, "packing": True}}
+        return raw
+
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         problems = []

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 TEMPLATE_NAMES = ("alpaca", "human_assistant", "special_tokens", "chat")
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 FULL_LR, LORA_LR = 2.0e-5, 2.0e-4
 
 
@@ -65,7 +65,7 @@ TemplateSpec = Annotated[
 
 
 SOURCE_KEYS = ("path", "name", "revision", "format", "columns", "roles", "split", "eval_path", "eval_fraction", "limit")
-DataFormat = Literal["alpaca", "prompt_completion", "messages", "sharegpt"]
+DataFormat = Literal["alpaca", "prompt_completion", "messages", "sharegpt", "text"]
 ChatRole = Literal["system", "user", "assistant", "tool", "tool_call"]
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
@@ -78,7 +78,8 @@ class SourceFields(Section):
     name: str | None = Field(None, description="hub dataset configuration (subset) name")
     revision: str | None = Field(None, description="hub dataset revision (branch, tag or commit); recorded")
     format: DataFormat | None = Field(
-        None, description="alpaca | prompt_completion | messages | sharegpt; detected from the columns when omitted"
+        None,
+        description="alpaca | prompt_completion | messages | sharegpt | text; detected from the columns when omitted",
     )
     columns: dict[str, str] = Field(
         default_factory=dict, description="map the format's field names to your columns, e.g. {output: answer}"
