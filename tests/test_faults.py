@@ -114,7 +114,7 @@ DATA_FAULTS = [
     ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": \n', {}, "bad.jsonl line 2: invalid JSON"),
     ("list.jsonl", "[1, 2]\n", {}, "line 1: expected a JSON object"),
     ("latin1.jsonl", b'{"instruction": "caf\xe9", "output": "x"}\n', {}, "latin1.jsonl line 1: not UTF-8"),
-    ("notes.txt", "hello\n", {}, "unsupported file type '.txt'"),
+    ("notes.md", "hello\n", {}, "unsupported file type '.md'"),
     ("no-output.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "c"}], {}, "row 2: missing field"),
     ("typed.jsonl", [{"instruction": "a", "output": 5}], {}, "row 1: field 'output' must be text"),
     ("empty-answer.jsonl", [{"instruction": "a", "output": "  "}], {}, "(the answer) is empty"),
@@ -159,7 +159,7 @@ def test_a_folder_of_data_files_is_read_and_any_other_folder_is_explained(tmp_pa
     assert json.loads(result.stdout)["stats"]["examples"] == 4
     (tmp_path / "empty").mkdir()
     path = recipe_at(tmp_path, tiny_path, data={"path": "empty"})
-    clear_error(runner.invoke(app, ["preview", str(path)]), "a data folder holds .jsonl, .json, .csv or .parquet")
+    clear_error(runner.invoke(app, ["preview", str(path)]), "a data folder holds .jsonl, .json, .csv, .parquet or .txt")
 
 
 def test_a_chat_that_ends_on_a_user_turn_is_a_counted_warning(tmp_path, tiny_path):

@@ -1,5 +1,6 @@
-"""Records in, streamed: local files (.jsonl .json .csv .parquet), `save_to_disk` folders and hub datasets, each
-record with its 1-based number. Nothing holds all records at once, except a .json file, which is one document.
+"""Records in, streamed: local files (.jsonl .json .csv .parquet, and .txt as one document), `save_to_disk` folders
+and hub datasets, each record with its 1-based number. Nothing holds all records at once, except a .json file,
+which is one document.
 
 Text files may start with a UTF-8 byte-order mark (Windows tools write one): it is skipped. A file that is not
 UTF-8 is refused with the line where decoding failed.
@@ -52,7 +53,7 @@ def _file_records(path: Path) -> Iterator[tuple[int, dict]]:
 def _text(path: Path) -> Iterator[tuple[int, dict]]:
     """A .txt file is one document (plain text for `format: text`); a folder of them, one document each."""
     try:
-        yield 1, {"text": path.read_text(encoding="utf-8")}
+        yield 1, {"text": path.read_text(encoding="utf-8-sig")}
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at {error.start})") from None
 

@@ -74,7 +74,9 @@ class SourceFields(Section):
     """Where one source's rows come from and how its columns read: the keys a single `data.path` takes, and
     each entry of `data.sources`."""
 
-    path: str = Field(description=".jsonl .json .csv .parquet, a folder of them, a save_to_disk folder, or a hub id")
+    path: str = Field(
+        description=".jsonl .json .csv .parquet .txt, a folder of them, a save_to_disk folder, or a hub id"
+    )
     name: str | None = Field(None, description="hub dataset configuration (subset) name")
     revision: str | None = Field(None, description="hub dataset revision (branch, tag or commit); recorded")
     format: DataFormat | None = Field(

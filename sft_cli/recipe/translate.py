@@ -66,6 +66,11 @@ def fraction(value: Any) -> Any:
     return value if isinstance(value, float) and 0 < value < 1 else None
 
 
+def loss_of(train_on_inputs: Any) -> str:
+    """Training on the prompt too is sft's unmasked loss."""
+    return "unmasked" if train_on_inputs else "masked"
+
+
 def targets(value: Any) -> Any:
     """LoRA target modules: a list, LLaMA-Factory's comma-separated text, or `all` (every linear layer)."""
     if value == "all":
@@ -85,28 +90,27 @@ COMMON: dict[str, Rule] = {
     "max_steps": ("training.max_steps", lambda v: v if isinstance(v, int) and v > 0 else None),
     "gradient_checkpointing": ("training.gradient_checkpointing", same),
     "output_dir": ("output.dir", same),
+    "trust_remote_code": ("model.trust_remote_code", same),
+    "lora_alpha": ("lora.alpha", same),
+    "lora_dropout": ("lora.dropout", same),
 }
 AXOLOTL: dict[str, Rule] = {
     **COMMON,
     "base_model": ("model.name", same),
-    "trust_remote_code": ("model.trust_remote_code", same),
     "sequence_len": ("max_length", same),
     "sample_packing": ("training.packing", same),
     "num_epochs": ("training.epochs", same),
     "micro_batch_size": ("training.batch_size", same),
     "lr_scheduler": ("training.lr_scheduler", scheduler),
     "val_set_size": ("data.eval_fraction", fraction),
-    "train_on_inputs": ("loss", lambda v: "unmasked" if v else "masked"),
+    "train_on_inputs": ("loss", loss_of),
     "lora_r": ("lora.r", same),
-    "lora_alpha": ("lora.alpha", same),
-    "lora_dropout": ("lora.dropout", same),
     "lora_target_modules": ("lora.target_modules", targets),
     "lora_target_linear": ("lora.target_modules", lambda v: "all-linear" if v else None),
 }
 LLAMA_FACTORY: dict[str, Rule] = {
     **COMMON,
     "model_name_or_path": ("model.name", same),
-    "trust_remote_code": ("model.trust_remote_code", same),
     "cutoff_len": ("max_length", same),
     "packing": ("training.packing", same),
     "num_train_epochs": ("training.epochs", float),
@@ -114,10 +118,8 @@ LLAMA_FACTORY: dict[str, Rule] = {
     "lr_scheduler_type": ("training.lr_scheduler", scheduler),
     "val_size": ("data.eval_fraction", fraction),
     "max_samples": ("data.limit", same),
-    "train_on_prompt": ("loss", lambda v: "unmasked" if v else "masked"),
+    "train_on_prompt": ("loss", loss_of),
     "lora_rank": ("lora.r", same),
-    "lora_alpha": ("lora.alpha", same),
-    "lora_dropout": ("lora.dropout", same),
     "lora_target": ("lora.target_modules", targets),
     "ddp_timeout": ("trainer_args.ddp_timeout", same),
 }
