@@ -105,6 +105,8 @@ class Recipe(EncodingSpec):
                     f"training.save_steps ({training.save_steps}) must be a multiple of training.eval_steps "
                     f"({training.eval_steps}) for early stopping to restore the best checkpoint"
                 )
+        if training.eval_generate and (not has_eval or self.loss != "masked"):
+            problems.append("training.eval_generate needs eval data and loss: masked (it answers the eval prompts)")
         if training.eval_steps and not has_eval:
             problems.append("training.eval_steps is set but there is no eval data (data.eval_path/eval_fraction)")
         chats = [s.format for s in self.data.source_entries() if s.format in ("messages", "sharegpt")]
@@ -118,10 +120,12 @@ class Recipe(EncodingSpec):
 
     def _metric_problems(self, metric: str) -> list[str]:
         """The metric must be one the run logs at every evaluation (else Trainer fails with a KeyError after the
-        first one): eval_loss, or eval_<label>_loss of a source with eval data. Trainer reads `loss` as
-        `eval_loss`."""
+        first one): eval_loss, or eval_<label>_loss of a source with eval data, and with training.eval_generate the
+        same for exact_match and contains. Trainer reads `loss` as `eval_loss`."""
         labels = [label for label, source in self.sources() if source.has_eval] if len(self.sources()) > 1 else []
-        logged = ["eval_loss", *(f"eval_{label}_loss" for label in labels)]
+        scores = ("loss", "exact_match", "contains") if self.training.eval_generate else ("loss",)
+        logged = [f"eval_{score}" for score in scores]
+        logged += [f"eval_{label}_{score}" for label in labels for score in scores]
         if (metric if metric.startswith("eval_") else f"eval_{metric}") in logged:
             return []
         close = difflib.get_close_matches(metric, logged, n=1, cutoff=0.6)

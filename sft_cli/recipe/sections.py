@@ -180,6 +180,11 @@ class DataSection(Section):
         return [SourceSection(**{key: getattr(self, key) for key in SOURCE_KEYS})]
 
 
+class EvalGenerate(Section):
+    rows: int = Field(32, ge=1, description="eval rows answered at every evaluation (greedy)")
+    max_new_tokens: int = Field(32, ge=1, description="longest answer generated")
+
+
 class EarlyStopping(Section):
     patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
     threshold: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
@@ -233,6 +238,9 @@ class TrainingSection(Section):
         None, description="tracker project (W&B, Trackio) or experiment (MLflow); default the recipe's file name"
     )
     early_stopping: EarlyStopping | None = Field(None, description="stop when the eval metric stops improving")
+    eval_generate: EvalGenerate | None = Field(
+        None, description="at every evaluation, answer eval rows and log eval_exact_match and eval_contains"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU"
     )

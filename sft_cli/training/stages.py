@@ -18,10 +18,12 @@ from sft_cli.runs.folder import (
     RunLock,
     choose_run_dir,
 )
+from sft_cli.runs.generate import pad_id
 from sft_cli.training.attention import use_attention
 from sft_cli.training.batching import BatchPlan, Collator, bins_dataset, plan_batches, sequence_lengths
 from sft_cli.training.callbacks import RunState, make_callbacks
 from sft_cli.training.environment import Environment
+from sft_cli.training.generation_eval import GenerationEval
 from sft_cli.training.memory import resident_bytes
 from sft_cli.training.plan import Plan
 from sft_cli.training.setup import (
@@ -136,6 +138,19 @@ def setup_model(recipe: Recipe, env: Environment, tokenizer) -> TrainingModel:
     return TrainingModel(model, loaded_attention, runtime)
 
 
+def generation_eval(recipe: Recipe, data: TrainingData, model: TrainingModel, plan: Plan) -> GenerationEval | None:
+    """What answers eval rows at every evaluation (training.eval_generate), stopping where training taught."""
+    wanted = recipe.training.eval_generate
+    if wanted is None:
+        return None
+    tokenizer = data.tokenizer
+    stops = sorted({i for i in tokenizer.convert_tokens_to_ids(list(data.options.stop_tokens)) if i is not None})
+    return GenerationEval(
+        wanted.rows, wanted.max_new_tokens, stops, pad_id(tokenizer), tokenizer, plan.environment.attention,
+        model.loaded_attention,
+    )  # fmt: skip
+
+
 def setup_trainer(
     recipe: Recipe,
     args,
@@ -156,6 +171,7 @@ def setup_trainer(
     trainer = SftTrainer(
         model=model.model,
         loss=plan.environment.loss,
+        generation=generation_eval(recipe, data, model, plan),
         args=args,
         train_dataset=bins_dataset(data.bins) if data.bins is not None else data.train_rows,
         eval_dataset=data.eval_rows,

@@ -25,12 +25,17 @@ from trl import SFTTrainer
 from sft_cli.encoding.encode import IGNORE
 from sft_cli.training.chunked_loss import chunked_loss, head_of, hidden_states_out
 from sft_cli.training.environment import CHUNKED, FUSED
+from sft_cli.training.generation_eval import GenerationEval
+
+GENERATED = ("_exact_match", "_contains", "_generate_seconds")  # what generation adds to an evaluation's metrics
 
 
 class SftTrainer(SFTTrainer):
-    def __init__(self, *args, loss: str, **kwargs):
-        """`loss`: the environment's choice (environment.choose_loss)."""
+    def __init__(self, *args, loss: str, generation: GenerationEval | None = None, **kwargs):
+        """`loss`: the environment's choice (environment.choose_loss); `generation`: scores answers generated at
+        every evaluation (training.eval_generate)."""
         super().__init__(*args, **kwargs)
+        self.generation = generation
         self.fused_loss = loss == FUSED
         self.chunked_loss = loss == CHUNKED
         self._trained_tokens = torch.zeros((), dtype=torch.long)  # this process's, since the last log
@@ -81,6 +86,13 @@ class SftTrainer(SFTTrainer):
             self._logged_step = self.state.global_step
         super().log(logs, start_time)
 
+    def evaluation_loop(self, dataloader, *args, metric_key_prefix: str = "eval", **kwargs):
+        """The eval loss, and with `generation` the scores of answers generated for the first eval rows."""
+        output = super().evaluation_loop(dataloader, *args, metric_key_prefix=metric_key_prefix, **kwargs)
+        if self.generation is not None:
+            output.metrics.update(self.generation.score(self.model, dataloader.dataset, metric_key_prefix))
+        return output
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """Per-source evaluation when the eval sets are a {label: rows} mapping (see the module docstring)."""
         sets = self.eval_dataset if eval_dataset is None else eval_dataset
@@ -96,9 +108,14 @@ class SftTrainer(SFTTrainer):
                 metric_key_prefix=f"{metric_key_prefix}_{label}",
             )
             loss = output.metrics[f"{metric_key_prefix}_{label}_loss"]
+            metrics.update({k: v for k, v in output.metrics.items() if k.endswith(GENERATED)})
             metrics[f"{metric_key_prefix}_{label}_loss"] = loss
             weighted, examples = weighted + loss * output.num_samples, examples + output.num_samples
         metrics[f"{metric_key_prefix}_loss"] = weighted / max(examples, 1)
+        for score in GENERATED[:2]:  # over all sources, as the loss: each source's rows weighted equally
+            per_source = [v for k, v in metrics.items() if k.endswith(score) and k != f"{metric_key_prefix}{score}"]
+            if per_source:
+                metrics[f"{metric_key_prefix}{score}"] = round(sum(per_source) / len(per_source), 4)
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - started, 4)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

@@ -43,6 +43,8 @@ TRACKER_FIELDS = {"report_to": ["tensorboard"], "tracker_project": "project"}
 LOSS_FIELDS = {"chunked_loss": False}
 # compile the decoder layers in sft, not TRL's whole-model torch_compile (tests/training/test_compile.py)
 COMPILE_FIELDS = {"compile": True}
+# answer eval rows at every evaluation, in sft's trainer (tests/training/test_generation_eval.py)
+EVAL_FIELDS = {"eval_generate": {"rows": 4}}
 
 
 def config_for(tmp_path: Path, tiny_path: Path, training: dict):
@@ -54,6 +56,7 @@ def config_for(tmp_path: Path, tiny_path: Path, training: dict):
 
 def test_every_training_field_is_listed():
     listed = set(NON_DEFAULT) | set(BATCH_FIELDS) | set(TRACKER_FIELDS) | set(LOSS_FIELDS) | set(COMPILE_FIELDS)
+    listed |= set(EVAL_FIELDS)
     assert set(TrainingSection.model_fields) == listed
     for name, (value, _, _) in NON_DEFAULT.items():
         assert TrainingSection.model_fields[name].default != value, name
