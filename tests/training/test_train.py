@@ -164,6 +164,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_path):
     result = runner.invoke(app, ["train", str(recipe_file(tmp_path, tiny_path)), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "trainable parameters" in result.output and "fp32" in result.output
+    assert all(row in result.output for row in ("device", "cpu", "attention", "sft_varlen", "loss", "chunked"))
     assert "padding_free" in result.output and "tokens and 4 examples per step" in result.output
     assert not (tmp_path / "run").exists()
 
