@@ -11,6 +11,11 @@
 #   qlora        QLoRA train, merge and an hf export whose check answers as `sft generate` does (bitsandbytes)
 #   fsdp2, zero3 with two or more GPUs: train, save, resume under configs/accelerate/{fsdp,deepspeed}.yaml
 # usage: bash scripts/gpu_check.sh          (after scripts/setup.sh; PYTHON=... to use another interpreter)
+# On a GPU machine without PyPI (a lent device whose image has torch but not trl, datasets or pydantic): download
+# sft's dependencies and pytest as wheels on a machine with PyPI into .whl/ (for that machine's Python), build the
+# fixtures there (python scripts/build_fixtures.py), carry .whl/ and fixtures/ over, then:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   PYTHONPATH=/tmp/site:$PWD PYTHON=python3 bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
