@@ -3,11 +3,12 @@ entry is complete or absent, and a second process that built the same entry keep
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from sft_cli.errors import SftError
@@ -32,6 +33,18 @@ def build_aside(target: Path) -> Path:
         raise write_error(target.parent, error, "creating a folder") or error from None
 
 
+@contextlib.contextmanager
+def building(target: Path, doing: str) -> Iterator[Path]:
+    """A folder to build `target` in (`build_aside`), removed if the building fails or is interrupted; a failure
+    for the disk's sake becomes one error naming the folder (`write_error`). The caller moves the folder in."""
+    aside = build_aside(target)
+    try:
+        yield aside
+    except BaseException as error:  # Ctrl-C and SIGTERM too: nothing half-written stays
+        shutil.rmtree(aside, ignore_errors=True)
+        raise write_error(target.parent, error, doing) or error from None
+
+
 def check_writable(folder: Path, doing: str) -> None:
     """Fail now, with one error, where no file can be created in `folder` (read-only, not permitted, full), rather
     than after the work whose result would go there."""
@@ -49,7 +62,7 @@ def write_error(folder: Path, error: BaseException, doing: str) -> SftError | No
     """The one error for a write that failed for its disk's sake (full, read-only, not permitted), naming the folder
     and, when full, the space left; None for any other failure, which keeps its traceback."""
     code = getattr(error, "errno", None)
-    if code == errno.ENOSPC or "No space left" in str(error):
+    if disk_full(error):
         existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
         free = shutil.disk_usage(existing).free / 2**20
         return SftError(
@@ -59,6 +72,11 @@ def write_error(folder: Path, error: BaseException, doing: str) -> SftError | No
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         return SftError(f"{folder}: cannot write here while {doing} ({os.strerror(code)})")
     return None
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether a write failed because its disk is full (torch's zip writer says so only in its message)."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error)
 
 
 def move_into_place(partial: Path, target: Path) -> None:

@@ -180,8 +180,9 @@ def train(
 
     from sft_cli.training.environment import detect_launch, processes_to_start
 
-    processes = processes_to_start(torch.cuda.device_count(), detect_launch(), num_processes)
-    if processes > 1 or (accelerate_config and not detect_launch().launched):
+    launch = detect_launch()
+    processes = processes_to_start(torch.cuda.device_count(), launch, num_processes)
+    if processes > 1 or (accelerate_config and not launch.launched):
         from sft_cli.training.launch import launch_processes
 
         if num_processes is None:

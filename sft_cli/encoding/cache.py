@@ -27,7 +27,7 @@ from sft_cli.data.sources import source_identity
 from sft_cli.encoding.rendered import RenderOptions
 from sft_cli.encoding.stats import DataWarning, Stats, merge_warnings
 from sft_cli.encoding.templates import render_options
-from sft_cli.folders import build_aside, cache_home, move_into_place, write_error
+from sft_cli.folders import building, cache_home, move_into_place
 from sft_cli.progress import Progress
 from sft_cli.recipe.schema import Recipe
 
@@ -148,8 +148,7 @@ def prepare_split(
         return found
     if cache and folder.exists():  # a damaged entry (a file deleted by hand): built again below
         shutil.rmtree(folder, ignore_errors=True)
-    aside = build_aside(folder)
-    try:
+    with building(folder, f"preparing the {split} rows") as aside:
         stats, warnings = _encode_to(aside, recipe, tokenizer, split, options, num_proc, progress or Progress())
         (aside / STATS_FILE).write_text(
             json.dumps({"stats": stats.to_json(), "warnings": [w.as_dict() for w in warnings]}), encoding="utf-8"
@@ -157,9 +156,6 @@ def prepare_split(
         if not cache:
             return Prepared(split, aside, stats, warnings, False, fp)
         move_into_place(aside, folder)  # another process's identical entry, finished first, stays
-    except BaseException as error:  # Ctrl-C and SIGTERM too: no partial entry stays behind
-        shutil.rmtree(aside, ignore_errors=True)
-        raise write_error(root, error, f"preparing the {split} rows") or error from None
     return Prepared(split, folder, stats, warnings, False, fp)
 
 

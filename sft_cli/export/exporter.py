@@ -17,7 +17,7 @@ from sft_cli.export.hf import FLOAT_DTYPES, export_hf
 from sft_cli.export.job import ExportJob, Format
 from sft_cli.export.llama_cpp import OUTTYPES, check_export_extra
 from sft_cli.export.ollama import export_ollama
-from sft_cli.folders import build_aside, guard_output, write_error
+from sft_cli.folders import building, guard_output
 from sft_cli.progress import Progress
 from sft_cli.runs.generate import load_run, stop_ids
 from sft_cli.runs.record import TEMPLATE_FILE, read_record
@@ -110,8 +110,7 @@ def export_run(
             keep=[run_dir],
         )
     started = time.perf_counter()
-    aside = build_aside(output)  # a folder sft cannot write to fails here, before the model loads
-    try:
+    with building(output, "exporting") as aside:  # a folder sft cannot write to fails here, before the model loads
         rows = check_rows(run_dir, check, check_data) if check else []
         progress.note(f"loading {run_dir}")
         run = load_run(run_dir)
@@ -124,9 +123,6 @@ def export_run(
             job.facts["quantized_base"] = run.record.quantized_base
             progress.note(f"note: {run.record.quantization_note}")
         report = spec.write(job)
-    except BaseException as error:
-        shutil.rmtree(aside, ignore_errors=True)
-        raise write_error(aside.parent, error, "exporting") or error from None
     files = sorted([*(p.name for p in aside.iterdir()), REPORT_FILE])
     result = ExportResult(output, fmt, dtype, files, time.perf_counter() - started, report, job.facts)
     if not result.verified:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sft_cli.errors import SftError
 from sft_cli.export.hf import write_hf_folder
-from sft_cli.folders import build_aside, guard_output, write_error
+from sft_cli.folders import building, guard_output
 from sft_cli.runs.generate import load_run
 from sft_cli.runs.record import read_record
 
@@ -31,12 +31,8 @@ def merge_run(run_dir: Path, output: Path, overwrite: bool = False) -> Path:
         what="an earlier merged model",
         keep=[run_dir],
     )
-    aside = build_aside(output)  # a folder sft cannot write to fails here, before the model loads
-    try:
+    with building(output, "merging") as aside:  # a folder sft cannot write to fails here, before the model loads
         write_hf_folder(load_run(run_dir), aside, None, run_dir)
-    except BaseException as error:
-        shutil.rmtree(aside, ignore_errors=True)
-        raise write_error(aside.parent, error, "merging") or error from None
     if output.exists():
         shutil.rmtree(output)
     os.replace(aside, output)

@@ -4,7 +4,6 @@ run record's format live in record.py."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import platform
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from sft_cli.errors import SftError
 from sft_cli.folders import build_aside, refuse_foreign, refuse_overlap
+from sft_cli.folders import disk_full as disk_is_full
 from sft_cli.recipe.schema import EncodingSpec, LoadedRecipe, Recipe
 from sft_cli.runs.record import (
     CHECKPOINTS,
@@ -139,7 +139,7 @@ def disk_full(run_dir: Path, error: Exception) -> SftError | None:
     """The error to show when a write failed because the run folder's disk is full (None: it is not full): the
     folder, the space free, and what one checkpoint takes."""
     free = shutil.disk_usage(run_dir).free if run_dir.exists() else None
-    full = getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error)
+    full = disk_is_full(error)
     if not full and (free is None or free >= FULL_BELOW):
         return None
     checkpoint = last_checkpoint(run_dir)
