@@ -88,7 +88,12 @@ def prompt_token_ids(run: LoadedRun, row: dict) -> list[int]:
 
 def stop_ids(run: LoadedRun) -> list[int]:
     """EOS and the model's end-of-turn tokens, as in training: generation stops at whichever comes first."""
-    ids = run.tokenizer.convert_tokens_to_ids(list(run.options.stop_tokens))
+    return stop_token_ids(run.tokenizer, run.options)
+
+
+def stop_token_ids(tokenizer, options: RenderOptions) -> list[int]:
+    """The ids of the render options' stop tokens (those the tokenizer knows)."""
+    ids = tokenizer.convert_tokens_to_ids(list(options.stop_tokens))
     return sorted({i for i in ids if i is not None and i >= 0})
 
 

@@ -18,7 +18,7 @@ from sft_cli.runs.folder import (
     RunLock,
     choose_run_dir,
 )
-from sft_cli.runs.generate import pad_id
+from sft_cli.runs.generate import pad_id, stop_token_ids
 from sft_cli.training.attention import use_attention
 from sft_cli.training.batching import BatchPlan, Collator, bins_dataset, plan_batches, sequence_lengths
 from sft_cli.training.callbacks import RunState, make_callbacks
@@ -144,7 +144,7 @@ def generation_eval(recipe: Recipe, data: TrainingData, model: TrainingModel, pl
     if wanted is None:
         return None
     tokenizer = data.tokenizer
-    stops = sorted({i for i in tokenizer.convert_tokens_to_ids(list(data.options.stop_tokens)) if i is not None})
+    stops = stop_token_ids(tokenizer, data.options)
     return GenerationEval(
         wanted.rows, wanted.max_new_tokens, stops, pad_id(tokenizer), tokenizer, plan.environment.attention,
         model.loaded_attention,
