@@ -133,10 +133,11 @@ def _render_instruction_row(template: str | CustomTemplate, row: dict, eos: str,
 
 
 def alpaca_to_messages(row: dict) -> list[dict]:
-    """An instruction row as one user turn (input on its own paragraph) and one assistant turn."""
+    """An instruction row as one user turn (input on its own paragraph) and one assistant turn (empty in a row
+    to answer: `sft generate RUN TEXT` on a chat-template run)."""
     instruction, input_text = _instruction(row)
     user = f"{instruction}\n\n{input_text}" if input_text else instruction
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": row.get("output", "")}]
 
 
 def chat_row(row: dict) -> dict:

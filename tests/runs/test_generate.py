@@ -127,6 +127,11 @@ def test_chat_keeps_multi_turn_history(tmp_path, tiny_path):
     assert run.tokenizer.decode(ids).count("<|im_start|>assistant") == 2  # the whole history, then the new turn
     result = runner.invoke(app, ["chat", str(run_dir), "--max-new-tokens", "3"], input="hi\nhello again\n")
     assert result.exit_code == 0 and result.output.count("> ") == 2, result.output
+    # one instruction on the command line is one user turn, answered after the run's generation prompt
+    one = runner.invoke(app, ["generate", str(run_dir), "Capital of Japan?", "--max-new-tokens", "3"])
+    assert one.exit_code == 0, one.output
+    asked = prompt_token_ids(run, {"instruction": "Capital of Japan?", "input": ""})
+    assert asked == prompt_token_ids(run, {"messages": history[:1] + [{"role": "assistant", "content": ""}]})
 
 
 def test_eval_scores_tuned_above_base(full_run, tmp_path):
