@@ -15,6 +15,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 # export: llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores); pip caches the wheel
-"${pip[@]}" -e ".[dev,export]"
+"${pip[@]}" -e ".[dev,export,eval]"
 .venv/bin/python -m sft_cli.export.llama_cpp >/dev/null  # llama.cpp's GGUF converter, kept in ~/.cache/sft
 .venv/bin/python scripts/build_fixtures.py

@@ -4,9 +4,11 @@ of after the hub client's retries; HF_HUB_OFFLINE=1 is honoured (only what the h
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -59,3 +61,29 @@ def dataset_commit(dataset: str, revision: str | None) -> str | None:
         return HfApi().dataset_info(dataset, revision=revision, timeout=PROBE_SECONDS).sha
     except Exception:  # any hub failure leaves the revision as the recipe gives it
         return None
+
+
+@contextlib.contextmanager
+def offline_hub(offline: bool = True) -> Iterator[None]:
+    """Inside: the hub client and datasets use their caches only, so a dataset that is not cached fails at once
+    rather than after the client's retries (about 25 s each). Both libraries read HF_HUB_OFFLINE when imported,
+    so the switch is their module settings, put back on the way out."""
+    if not offline:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants
+
+    settings = [
+        (huggingface_hub.constants, "HF_HUB_OFFLINE"),
+        (datasets.config, "HF_HUB_OFFLINE"),
+        (datasets.config, "HF_DATASETS_OFFLINE"),
+    ]
+    saved = [getattr(module, name) for module, name in settings]
+    for module, name in settings:
+        setattr(module, name, True)
+    try:
+        yield
+    finally:
+        for (module, name), value in zip(settings, saved):
+            setattr(module, name, value)

@@ -1,5 +1,5 @@
-"""Recipe and data files the tests write: a training recipe over a tiny model, the metrics a run logs, and three
-data sources of different formats to mix."""
+"""Recipe and data files the tests write: a training recipe over a tiny model, the metrics a run logs, three
+data sources of different formats to mix, and lm-evaluation-harness task YAMLs with their data beside them."""
 
 from __future__ import annotations
 
@@ -94,3 +94,36 @@ def mixed_recipe(folder: Path, model: Path, entries: list[dict], training=None, 
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+QUESTIONS = [("What is 1 plus 2?", ["3", "4", "12"], 0), ("Which is a colour?", ["seven", "green", "run"], 1)]
+
+
+def write_task(folder: Path, name: str, rows: list[dict], **config) -> Path:
+    """An lm-evaluation-harness task YAML and its rows, the YAML naming its data file relative to itself."""
+    write_jsonl(folder / f"{name}.jsonl", rows)
+    task = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": f"{name}.jsonl"}},
+        "test_split": "test",
+        "metadata": {"version": 1.0},
+        **config,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    return path
+
+
+def choice_task(folder: Path) -> Path:
+    """A multiple-choice task (`choice`, metric acc) over QUESTIONS."""
+    return write_task(
+        folder,
+        "choice",
+        [{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS],
+        output_type="multiple_choice",
+        doc_to_text="Question: {{question}}\nAnswer:",
+        doc_to_choice="{{choices}}",
+        doc_to_target="{{answer}}",
+        metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    )

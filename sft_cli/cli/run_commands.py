@@ -131,25 +131,65 @@ def stdin_lines():
 def eval(
     run_dir: Path = RunArg,
     data: list[Path] = typer.Option(
-        ..., "--data", help="Rows with answers (same format as training); repeat for per-file scores."
+        [], "--data", help="Rows with answers (same format as training); repeat for per-file scores."
+    ),
+    tasks: list[str] = typer.Option(
+        [],
+        "--tasks",
+        help="lm-evaluation-harness tasks, comma-separated: lm-eval's names (ifeval, gsm8k, mmlu, ...) or task YAML "
+        "files; needs the eval extra. Prompted through the run's template.",
     ),
     base: bool = typer.Option(False, "--base", help="Also evaluate the untouched base model, side by side."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest generated answer."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N rows (of each task)."),
+    num_fewshot: int | None = typer.Option(
+        None, "--num-fewshot", min=0, help="With --tasks: examples before each question (default: each task's own)."
+    ),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest generated answer (--data)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
-    """Answer-token loss and perplexity, exact match and containment, overall and per `task` column."""
+    """Answer-token loss and perplexity, exact match and containment on your rows (--data), overall and per `task`
+    column; lm-evaluation-harness tasks (--tasks), with --base the forgetting report: each task's score, the base's,
+    and the difference. --tasks results are kept in RUN/eval/ and sent to the run's trackers."""
     from sft_cli.cli.view import ProgressView
-    from sft_cli.runs.evaluate import evaluate
-    from sft_cli.runs.generate import Sampling
+    from sft_cli.runs.harness import require_harness, split_tasks
+    from sft_cli.runs.record import read_record
 
+    names = split_tasks(tasks)
+    if not data and not names:
+        raise SftError("give --data (your rows) or --tasks (lm-eval tasks), or both", hint="sft eval --help")
     for path in data:
         if not path.exists():
             raise SftError(f"--data: not found: {path}")
+    read_record(run_dir)  # a folder sft did not write is refused before anything loads
+    if names:
+        require_harness()
+        check_writable(run_dir, "keeping the results in the run folder")
     quiet_libraries()
+    progress = ProgressView(err)
+    document: dict = {}
+    results = _eval_rows(run_dir, data, base, limit, max_new_tokens, progress) if data else []
+    if results:
+        document["results"] = [r.as_dict() for r in results]
+    harness = _eval_tasks(run_dir, names, base, limit, num_fewshot, progress) if names else None
+    if harness:
+        document["harness"] = harness.as_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+        return
+    from sft_cli.cli.results_view import render_eval, render_harness
+
+    if results:
+        render_eval(out, results)
+    if harness:
+        render_harness(out, harness)
+
+
+def _eval_rows(run_dir: Path, data: list[Path], base: bool, limit, max_new_tokens: int, progress) -> list:
+    from sft_cli.runs.evaluate import evaluate
+    from sft_cli.runs.generate import Sampling
+
     results = []
     sampling = Sampling(max_new_tokens=max_new_tokens)
-    progress = ProgressView(err)
     for is_base in ([True] if base else []) + [False]:
         progress.start("base model" if is_base else "tuned model")
         try:
@@ -158,12 +198,24 @@ def eval(
             )
         finally:
             progress.stop()
-    if as_json:
-        sys.stdout.write(json.dumps({"results": [r.as_dict() for r in results]}, ensure_ascii=False) + "\n")
-        return
-    from sft_cli.cli.view import render_eval
+    return results
 
-    render_eval(out, results)
+
+def _eval_tasks(run_dir: Path, names: list[str], base: bool, limit, num_fewshot, progress):
+    """The harness tasks, their results kept in the run folder and sent to its trackers."""
+    from sft_cli.runs.harness import keep_results, run_harness
+    from sft_cli.training.trackers import report_after_training
+
+    def on_model(label: str) -> None:
+        progress.start(f"{'base' if label == 'base' else 'tuned'} model: {', '.join(names)}", unit="requests")
+
+    try:
+        result = run_harness(run_dir, names, base, limit, num_fewshot, on_model=on_model, on_request=progress.advance)
+    finally:
+        progress.stop()
+    result.saved_to = keep_results(run_dir, result)
+    result.tracker_problems = report_after_training(run_dir, result.tracker_metrics())
+    return result
 
 
 def merge(
@@ -207,7 +259,8 @@ def export(
 ) -> None:
     """Export a run where users run models, with the prompt format and stop tokens it was trained with, checked
     to answer as `sft generate` does. A LoRA run is merged first; the run folder is never changed."""
-    from sft_cli.cli.view import ProgressView, render_export
+    from sft_cli.cli.results_view import render_export
+    from sft_cli.cli.view import ProgressView
     from sft_cli.export.exporter import export_run
 
     quiet_libraries()

@@ -1,5 +1,5 @@
 """The terminal view: library results drawn with rich (tables, token runs, histograms) and the progress of long
-jobs. The CLI calls it; the library never prints."""
+jobs; the tables of the run-folder commands are in results_view.py. The CLI calls it; the library never prints."""
 
 from __future__ import annotations
 
@@ -152,6 +152,12 @@ def render_plan(console: Console, plan) -> None:
                 + ")"
                 for v in value
             )
+        if key == "eval_generate" and value:
+            cost = value["seconds_per_evaluation"]
+            value = (
+                f"{value['rows']} eval rows answered (up to {value['max_new_tokens']} tokens) at each of "
+                f"{value['evaluations']} evaluations" + ("" if cost is None else f", about {cost:.1f} s each")
+            )
         if key == "batching":
             value = (
                 f"{value['layout']}, {value['tokens_per_step']:,.0f} tokens and {value['examples_per_step']:g} "
@@ -210,84 +216,6 @@ def render_memory(console: Console, memory: dict, warning: str | None) -> None:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
-def render_eval(console: Console, results) -> None:
-    """Metrics side by side (base, then tuned), per task family, and a few answers."""
-    table = Table(title="evaluation", title_justify="left")
-    table.add_column("metric", style="bold")
-    for result in results:
-        table.add_column(result.model, justify="right")
-    rows = [
-        ("answer loss", lambda r: f"{r.loss:.4f}"),
-        ("perplexity", lambda r: f"{r.perplexity:.2f}"),
-        ("exact match", lambda r: f"{r.overall.as_dict()['exact_match']:.1%}"),
-        ("answer contained", lambda r: f"{r.overall.as_dict()['contains']:.1%}"),
-        ("examples", lambda r: str(r.overall.examples)),
-    ]
-    for name, value in rows:
-        table.add_row(name, *[value(r) for r in results])
-    tasks = sorted({t for r in results for t in r.by_task})
-    for task in tasks:
-        table.add_row(
-            f"  exact · {task}",
-            *[f"{r.by_task[task].as_dict()['exact_match']:.0%}" if task in r.by_task else "-" for r in results],
-        )
-    sources = list(results[-1].by_source)
-    for source in sources:
-        table.add_row(
-            f"  loss / exact · {escape(source)}",
-            *[
-                f"{r.by_source[source].loss:.4f} / {r.by_source[source].overall.as_dict()['exact_match']:.0%}"
-                for r in results
-            ],
-        )
-    console.print(table)
-    samples = Table(title="answers", title_justify="left")
-    samples.add_column("row")
-    samples.add_column("expected")
-    for result in results:
-        samples.add_column(result.model)
-    for i, sample in enumerate(results[-1].samples):
-        samples.add_row(str(sample["row"]), sample["expected"], *[r.samples[i]["answer"] for r in results])
-    console.print(samples)
-
-
-def render_export(console: Console, result) -> None:
-    """The export's files and its round-trip check, row by row where a row failed or diverged."""
-    check = result.check
-    verdict = "unverified (--no-check)" if check is None else ("verified" if check.passed else "CHECK FAILED")
-    console.print(
-        f"[bold]{result.format}[/] export in {result.folder} ({result.seconds:.0f} s): {verdict}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    console.print("files: " + ", ".join(result.files), highlight=False, soft_wrap=True)
-    if check is None:
-        return
-    summary = check.as_dict()
-    n = summary["rows"]
-    console.print(
-        f"{n} rows of {result.facts.get('check_data')} through {check.runtime}: prompt ids equal "
-        f"{summary['prompt_ids_equal']}/{n}, identical greedy answers {summary['identical_generations']}/{n}, "
-        f"stops right {summary['stops_ok']}/{n}",
-        highlight=False,
-    )
-    if check.stops_missing:
-        console.print(f"[red]the export does not stop at: {', '.join(check.stops_missing)}[/]", highlight=False)
-    table = Table(title="rows that differ", title_justify="left")
-    for name in ("row", "prompt ids", "answer", "stop"):
-        table.add_column(name)
-    for row in check.rows:
-        if row.prompt_ids_equal and row.identical and row.stop_ok:
-            continue
-        prompt = "equal" if row.prompt_ids_equal else f"differ at token {row.prompt_first_difference}"
-        if row.error:
-            prompt = f"refused: {escape(row.error)}"
-        answer = "identical" if row.identical else f"diverges at token {row.first_divergence}"
-        table.add_row(str(row.row), prompt, answer, "ok" if row.stop_ok else "[red]runs past a stop token[/]")
-    if table.row_count:
-        console.print(table)
-
-
 def render_smoke(console: Console, results) -> None:
     """Each recipe's stages with status, seconds and what they found."""
     colours = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
@@ -318,7 +246,7 @@ class ProgressView(Progress):
     def note(self, message: str) -> None:
         self.console.print(message, highlight=False, soft_wrap=True)
 
-    def start(self, description: str, total: int | None = None) -> None:
+    def start(self, description: str, total: int | None = None, unit: str = "rows") -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -334,7 +262,7 @@ class ProgressView(Progress):
             columns = (
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
-                TextColumn("{task.completed:,.0f} rows"),
+                TextColumn("{task.completed:,.0f} " + unit),
                 TimeElapsedColumn(),
             )
         else:
@@ -365,8 +293,16 @@ class ProgressView(Progress):
                 if key.startswith("eval_") and key.endswith("_loss") and key != "eval_loss"
             ]
             sources = f" ({', '.join(per_source)})" if per_source else ""
+            answers = (
+                f", exact match {metrics['eval_exact_match']:.1%} (answers generated in "
+                f"{sum(v for k, v in metrics.items() if k.endswith('_generate_seconds')):.1f} s)"
+                if "eval_exact_match" in metrics
+                else ""
+            )
             self.bar.console.print(
-                f"step {completed}: eval loss {metrics['eval_loss']:.4f}{sources}", highlight=False, soft_wrap=True
+                f"step {completed}: eval loss {metrics['eval_loss']:.4f}{sources}{answers}",
+                highlight=False,
+                soft_wrap=True,
             )
         shown = ""
         if "loss" in metrics:

@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import yaml
+
 from sft_cli.errors import RecipeError, SftError
+from sft_cli.runs.record import RECIPE_FILE, RUN_FILE
 
 IDS_FILE = "trackers.json"
 # the modules each tracker needs, and the extra that installs them
@@ -104,12 +107,13 @@ class Trackers:
     """The trackers of one run, on the main process. `start` before the first step, `log` per metrics record,
     `finish` with run.json's facts (or `fail`, when the run ends in an error)."""
 
-    def __init__(self, names: list[str], run_dir: Path, project: str, resume_step: int | None):
+    def __init__(self, names: list[str], run_dir: Path, project: str, resume_step: int | None, reopen: bool = False):
         self.names, self.run_dir, self.project, self.resume_step = list(names), run_dir, project, resume_step
+        self.reopen = reopen  # a finished run's tracker runs, continued after training (`sft eval --tasks`)
         self.open: dict[str, Any] = {}
 
     def start(self, recipe: dict, plan: dict) -> None:
-        ids = self._saved_ids() if self.resume_step is not None else {}
+        ids = self._saved_ids() if self.resume_step is not None or self.reopen else {}
         for name in self.names:
             try:
                 self.open[name] = STARTERS[name](self, recipe, plan, ids.get(name))
@@ -123,7 +127,8 @@ class Trackers:
                 ) from None
         ids = {name: tracker.run_id for name, tracker in self.open.items() if tracker.run_id}
         if ids:
-            (self.run_dir / IDS_FILE).write_text(json.dumps(ids, indent=2) + "\n", encoding="utf-8")
+            saved = {"project": self.project, **ids}
+            (self.run_dir / IDS_FILE).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
 
     def _saved_ids(self) -> dict:
         path = self.run_dir / IDS_FILE
@@ -133,10 +138,12 @@ class Trackers:
             return {}
 
     def log(self, record: dict) -> None:
-        metrics = metric_names(record)
+        self.log_named(metric_names(record), record["step"])
+
+    def log_named(self, metrics: dict[str, float], step: int) -> None:
         if metrics:
             for tracker in self.open.values():
-                tracker.log(metrics, record["step"])
+                tracker.log(metrics, step)
 
     def finish(self, facts: dict) -> None:
         for tracker in self.open.values():
@@ -159,8 +166,9 @@ class TensorBoard:
         self.run_id = None
         # a resumed run logs the steps after its checkpoint again: TensorBoard drops those it had from before
         self.writer = SummaryWriter(str(trackers.run_dir / "tensorboard"), purge_step=trackers.resume_step)
-        self.writer.add_text("recipe", _as_code(recipe), 0)
-        self.writer.add_text("plan", _as_code(plan), 0)
+        if not trackers.reopen:
+            self.writer.add_text("recipe", _as_code(recipe), 0)
+            self.writer.add_text("plan", _as_code(plan), 0)
 
     def log(self, metrics: dict, step: int) -> None:
         for name, value in metrics.items():
@@ -243,6 +251,30 @@ class Trackio:
 
 
 STARTERS = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": Wandb, "trackio": Trackio}
+
+
+def report_after_training(run_dir: Path, metrics: dict[str, float]) -> list[str]:
+    """Send metrics measured after training to the trackers the run reported to, at its last step, into the same
+    tracker runs. Returns one line for each tracker that could not take them (the metrics are on disk already)."""
+    recipe = yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8")) or {}
+    training = recipe.get("training") or {}
+    names = training.get("report_to") or []
+    if not names or not metrics:
+        return []
+    saved = json.loads((run_dir / IDS_FILE).read_text(encoding="utf-8")) if (run_dir / IDS_FILE).is_file() else {}
+    project = saved.get("project") or training.get("tracker_project") or run_dir.name
+    facts = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    problems = []
+    for name in names:
+        trackers = Trackers([name], run_dir, project, resume_step=None, reopen=True)
+        try:
+            trackers.start(recipe, facts.get("plan") or {})
+            trackers.log_named(metrics, int(facts.get("global_step") or 0))
+            trackers.finish({})
+        except Exception as error:  # the tracker's own failure: the results are kept in the run folder anyway
+            trackers.fail()
+            problems.append(f"{name}: {error}")
+    return problems
 
 
 def _as_code(value: dict) -> str:

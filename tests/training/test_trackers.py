@@ -66,15 +66,15 @@ def test_a_run_logs_every_step_and_each_sources_eval_to_tensorboard_and_mlflow(t
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"recipe.json", "plan.json", "run.json"} <= artifacts
     facts = json.loads((run_dir / "run.json").read_text())
-    assert json.loads((run_dir / "trackers.json").read_text()) == {"mlflow": run.info.run_id}
+    assert json.loads((run_dir / "trackers.json").read_text()) == {"project": "mix-test", "mlflow": run.info.run_id}
     assert facts["eval"]["eval_qa_loss"] == pytest.approx(
         client.get_metric_history(run.info.run_id, "eval.qa.loss")[-1].value
     )
 
 
-def test_a_resumed_run_continues_its_mlflow_run(tmp_path, tiny_path, mlflow_store):
+def test_a_resumed_run_and_its_harness_scores_continue_its_mlflow_run(tmp_path, tiny_path, mlflow_store):
     import mlflow
-    from recipes import recipe_file
+    from recipes import choice_task, recipe_file
 
     path = recipe_file(tmp_path, tiny_path, training={"report_to": "mlflow", "max_steps": 6, "save_steps": 3})
     first = runner.invoke(app, ["train", str(path), "--set", "training.max_steps=3"])
@@ -84,6 +84,15 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path, tiny_path, mlflow_stor
     client = mlflow.MlflowClient(mlflow_store)
     (run,) = client.search_runs([client.get_experiment_by_name("recipe").experiment_id])  # the recipe's name
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train.loss")] == [1, 2, 3, 4, 5, 6]
+
+    # lm-evaluation-harness scores after training go into the same MLflow run, at its last step
+    scored = runner.invoke(app, ["eval", str(tmp_path / "run"), "--tasks", str(choice_task(tmp_path)), "--json"])
+    assert scored.exit_code == 0, scored.output
+    (acc,) = [s for s in json.loads(scored.stdout)["harness"]["scores"] if s["metric"] == "acc"]
+    (run,) = client.search_runs([client.get_experiment_by_name("recipe").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "harness.choice.acc")
+    assert [(m.step, m.value) for m in history] == [(6, pytest.approx(acc["tuned"]))]
+    assert run.info.status == "FINISHED"
 
 
 @pytest.mark.parametrize("tracker, module", [("mlflow", "mlflow"), ("tensorboard", "tensorboard"), ("wandb", "wandb")])
