@@ -1,5 +1,5 @@
 """The `sft` command line: commands only. Each parses, calls one library function and hands the result to the
-view (view.py), the only other module that prints. Heavy libraries (torch, transformers) are imported inside
+view (view.py, results_view.py), the only other modules that print. Heavy libraries (torch, transformers) are imported inside
 command bodies so that `sft --help` and `sft validate` stay fast. The commands on a run folder live in run_commands.py.
 """
 
@@ -219,8 +219,11 @@ def train(
     if result.stop_reason == "interrupted":
         err.print(f"interrupted: checkpoint saved in {result.run_dir}\nresume with: {result.resume_command}")
         raise typer.Exit(result.exit_code)
+    kept = f" (the best evaluation's weights: {result.kept})" if result.kept else ""
     out.print(
-        f"[green]✓[/] {result.stop_reason}: model, tokenizer, metrics and run.json in {result.run_dir}", highlight=False
+        f"[green]✓[/] {result.stop_reason}: model, tokenizer, metrics and run.json in {result.run_dir}{kept}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -97,6 +97,9 @@ def stop_token_ids(tokenizer, options: RenderOptions) -> list[int]:
     return sorted({i for i in ids if i is not None and i >= 0})
 
 
+GENERATE_BATCH = 16  # prompts generated together
+
+
 def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -107,7 +110,7 @@ def generate_ids(
     stops: list[int],
     pad: int,
     sampling: Sampling = Sampling(),
-    batch_size: int = 16,
+    batch_size: int = GENERATE_BATCH,
     on_batch=None,
 ) -> list[list[int]]:
     """The ids generated after each prompt, through the first stop id (kept), in order. Batches are left-padded
@@ -141,7 +144,7 @@ def generate_ids(
 
 
 def generate(
-    run: LoadedRun, rows: list[dict], sampling: Sampling = Sampling(), batch_size: int = 16, on_batch=None
+    run: LoadedRun, rows: list[dict], sampling: Sampling = Sampling(), batch_size: int = GENERATE_BATCH, on_batch=None
 ) -> list[str]:
     """Answers for rows, in order, prompted exactly as in training."""
     prompts = [prompt_token_ids(run, row) for row in rows]

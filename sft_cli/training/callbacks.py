@@ -34,6 +34,7 @@ class RunState:
     train_seconds: float = 0.0
     tokens_seen: int = 0
     last_eval: dict = field(default_factory=dict)  # the last evaluation's losses (overall and per source)
+    generate_seconds: float = 0.0  # spent generating at evaluations (training.eval_generate), all sources
     # undoes what training set in this process (Ctrl-C handler, CPU heap policy); also after an exception
     restore_process: Callable[[], None] = lambda: None
 
@@ -148,6 +149,7 @@ def make_callbacks(
                 record["tokens_per_s"] = round(tokens / elapsed, 1) if elapsed > 0 else None
             with (run_dir / METRICS_FILE).open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            state.generate_seconds += sum(v for k, v in logs.items() if k.endswith("_generate_seconds"))
             losses = {k: v for k, v in logs.items() if k.startswith("eval_") and k.endswith("_loss")}
             if losses:
                 state.last_eval = losses

@@ -9,13 +9,14 @@ per-sequence kernel serves packed training batches only), then training's kernel
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sft_cli.encoding.encode import IGNORE
 from sft_cli.runs.evaluate import Score
-from sft_cli.runs.generate import Sampling, generate_ids
+from sft_cli.runs.generate import GENERATE_BATCH, Sampling, generate_ids
 from sft_cli.training.attention import use_attention
 
 
@@ -31,16 +32,11 @@ class GenerationEval:
 
     def score(self, model, dataset, prefix: str) -> dict[str, float]:
         """`{prefix}_exact_match`, `{prefix}_contains` and the seconds it took, over the first rows of `dataset`."""
-        cases = [case for case in map(self.case, dataset.select(range(min(self.rows, len(dataset))))) if case]
+        cases = self.cases(dataset)
         if not cases:
             return {}
         started = time.perf_counter()
-        use_attention(model, self.generate_attention)
-        try:
-            sampling = Sampling(max_new_tokens=self.max_new_tokens)
-            answers = generate_ids(model, [prompt for prompt, _ in cases], self.stop_ids, self.pad_id, sampling)
-        finally:
-            use_attention(model, self.train_attention)
+        answers = self.answer(model, [prompt for prompt, _ in cases])
         score = Score()
         for answer, (_, expected) in zip(answers, cases):
             score.add(self.text(answer), self.text(expected))
@@ -50,6 +46,30 @@ class GenerationEval:
             f"{prefix}_contains": scores["contains"],
             f"{prefix}_generate_seconds": round(time.perf_counter() - started, 2),
         }
+
+    def estimate_seconds(self, model, dataset) -> float:
+        """What one evaluation's generation will take, timed on its first batch before training starts (the plan
+        reports it): every batch is taken to cost the first one's time, answers running to max_new_tokens while
+        the model has not yet learned to stop."""
+        cases = self.cases(dataset)
+        if not cases:
+            return 0.0
+        started = time.perf_counter()
+        self.answer(model, [prompt for prompt, _ in cases[:GENERATE_BATCH]])
+        return (time.perf_counter() - started) * math.ceil(len(cases) / GENERATE_BATCH)
+
+    def cases(self, dataset) -> list[tuple[list[int], list[int]]]:
+        return [case for case in map(self.case, dataset.select(range(min(self.rows, len(dataset))))) if case]
+
+    def answer(self, model, prompts: list[list[int]]) -> list[list[int]]:
+        """Greedy answers with the attention generation runs with, training's kernel put back afterwards."""
+        use_attention(model, self.generate_attention)
+        try:
+            return generate_ids(
+                model, prompts, self.stop_ids, self.pad_id, Sampling(max_new_tokens=self.max_new_tokens)
+            )
+        finally:
+            use_attention(model, self.train_attention)
 
     def case(self, row: dict) -> tuple[list[int], list[int]] | None:
         """(prompt ids, expected answer ids) of an encoded example; None when nothing before its answer is prompt."""

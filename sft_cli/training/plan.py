@@ -37,6 +37,9 @@ class Plan:
     sources: list = field(default_factory=list)  # each source's examples, share, tokens (and hub revision)
     memory: MemoryForecast | None = None  # the peak memory forecast per process (memory.py)
     memory_warning: str | None = None  # when the forecast fills more than 90% of the device's memory
+    # training.eval_generate: rows, max_new_tokens, evaluations, and the seconds one evaluation's generation takes
+    # (timed on its first batch before training; None where the model is sharded over processes)
+    eval_generate: dict | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: shown(v) for k, v in self.__dict__.items()}

@@ -46,6 +46,7 @@ from sft_cli.training.setup import (
 from sft_cli.training.stages import (
     TrainingData,
     TrainingModel,
+    generation_eval,
     setup_data,
     setup_model,
     setup_run_folder,
@@ -61,6 +62,7 @@ class RunResult:
     stop_reason: str
     resume_command: str | None = None
     exit_code: int = 0  # an interrupted run: 128 + the signal (130 Ctrl-C, 143 SIGTERM)
+    kept: str | None = None  # with early stopping: which checkpoint's weights the run kept, and its score
 
 
 @dataclass
@@ -133,6 +135,7 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
     args = sft_config(recipe, run_folder.path, env, data.eval_rows is not None)
     model = setup_model(recipe, env, data.tokenizer)
     plan = make_plan(recipe, run_folder, env, data.mix, data.batch_plan, data.lengths, model.model, model.runtime)
+    generation = generation_eval(recipe, data, model, plan)
     if plan.memory_warning and distributed.is_main_process:
         progress.note(f"warning: {plan.memory_warning}")
     session = Session(
@@ -157,7 +160,9 @@ def _setup(loaded, run_folder, lock, distributed, overwrite, dry_run, progress, 
             recipe.training.tracker_project or loaded.name,
             checkpoint_step(run_folder.resume_from),
         )
-    session.trainer = setup_trainer(recipe, args, plan, data, model, session.state, progress, session.trackers)
+    session.trainer = setup_trainer(
+        recipe, args, plan, data, model, session.state, progress, session.trackers, generation
+    )
     session.collator = session.trainer.data_collator
     return session
 
@@ -216,7 +221,7 @@ def _run(session: Session, argv: list[str] | None) -> RunResult:
         stop_reason = "early_stopping"
     else:
         stop_reason = "completed"
-    result = RunResult(run_dir, plan, stop_reason)
+    result = RunResult(run_dir, plan, stop_reason, kept=kept_checkpoint(loaded.recipe, trainer.state))
     if stop_reason == "interrupted":
         command = " ".join(argv or ["sft", "train", str(loaded.path)])
         if "--resume" not in command:
@@ -250,6 +255,15 @@ def train(loaded: LoadedRecipe, *, argv: list[str] | None = None, **options) -> 
     return run(session, argv)
 
 
+def kept_checkpoint(recipe: Recipe, state) -> str | None:
+    """`step 140, eval_exact_match 0.5417`: the best evaluation, whose weights early stopping loads at the end."""
+    early = recipe.training.early_stopping
+    if not early or state.best_model_checkpoint is None or state.best_metric is None:
+        return None
+    step = state.best_model_checkpoint.rsplit("-", 1)[-1]
+    return f"step {step}, {early.metric} {state.best_metric:.4f}"
+
+
 def run_record(recipe: Recipe, data: TrainingData) -> RunRecord:
     """The contract the model was trained under, with the stop tokens it learned to end on."""
     quantized = "nf4" if recipe.lora and recipe.lora.load_in_4bit else None
@@ -274,4 +288,5 @@ def run_facts(session: Session, result: RunResult, wall: float, rows_by_rank: li
         "resume_command": result.resume_command,
         "memory": {"forecast_mb": round(result.plan.memory.total / MB), **measured_peak()},
         "compile": compile_counts() if session.loaded.recipe.training.compile else None,
+        "eval_generate_seconds": round(state.generate_seconds, 2) if result.plan.eval_generate else None,
     }

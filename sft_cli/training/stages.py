@@ -139,16 +139,28 @@ def setup_model(recipe: Recipe, env: Environment, tokenizer) -> TrainingModel:
 
 
 def generation_eval(recipe: Recipe, data: TrainingData, model: TrainingModel, plan: Plan) -> GenerationEval | None:
-    """What answers eval rows at every evaluation (training.eval_generate), stopping where training taught."""
+    """What answers eval rows at every evaluation (training.eval_generate), stopping where training taught; its
+    cost goes into the plan (`plan.eval_generate`)."""
     wanted = recipe.training.eval_generate
-    if wanted is None:
+    if wanted is None or data.eval_rows is None:
         return None
     tokenizer = data.tokenizer
     stops = stop_token_ids(tokenizer, data.options)
-    return GenerationEval(
+    generation = GenerationEval(
         wanted.rows, wanted.max_new_tokens, stops, pad_id(tokenizer), tokenizer, plan.environment.attention,
         model.loaded_attention,
     )  # fmt: skip
+    # timed only where the whole model is in this process (sharded weights generate inside the trainer only)
+    sets = data.eval_rows if isinstance(data.eval_rows, dict) else {"eval": data.eval_rows}  # per source or one
+    whole = plan.environment.processes == 1
+    seconds = sum(generation.estimate_seconds(model.model, rows) for rows in sets.values()) if whole else None
+    plan.eval_generate = {
+        "rows": sum(min(wanted.rows, len(rows)) for rows in sets.values()),
+        "max_new_tokens": wanted.max_new_tokens,
+        "evaluations": plan.steps // recipe.eval_steps,
+        "seconds_per_evaluation": None if seconds is None else round(seconds, 2),
+    }
+    return generation
 
 
 def setup_trainer(
@@ -160,6 +172,7 @@ def setup_trainer(
     state: RunState,
     progress: Progress,
     trackers: Trackers | None,
+    generation: GenerationEval | None = None,
 ):
     """TRL's SFTTrainer with `args` (setup.sft_config) on the prepared rows, with sft's collator, callbacks and
     loss; `trackers` on the main process only."""
@@ -171,7 +184,7 @@ def setup_trainer(
     trainer = SftTrainer(
         model=model.model,
         loss=plan.environment.loss,
-        generation=generation_eval(recipe, data, model, plan),
+        generation=generation,
         args=args,
         train_dataset=bins_dataset(data.bins) if data.bins is not None else data.train_rows,
         eval_dataset=data.eval_rows,

@@ -29,6 +29,12 @@ def test_every_evaluation_logs_the_answers_scores(tmp_path, tiny_path):
     for logged in evaluations:
         assert 0 <= logged["eval_exact_match"] <= logged["eval_contains"] <= 1 and logged["eval_generate_seconds"] > 0
     assert result.stop_reason == "completed"
+    # the cost: timed before training in the plan, measured in run.json
+    facts = json.loads((result.run_dir / "run.json").read_text())
+    planned = facts["plan"]["eval_generate"]
+    assert planned["rows"] == 4 and planned["evaluations"] == 4 and planned["seconds_per_evaluation"] > 0
+    spent = sum(m["eval_generate_seconds"] for m in evaluations)
+    assert facts["eval_generate_seconds"] == pytest.approx(spent, abs=0.1)
 
 
 def test_early_stopping_follows_exact_match_and_keeps_its_best_checkpoint(tmp_path, tiny_path, monkeypatch):
