@@ -39,8 +39,8 @@ OPPOSITES = {
     "loud": "quiet", "hard": "soft", "rich": "poor",
 }  # fmt: skip
 
-TASK = """# Built by scripts/make_harness_task.py: general knowledge the quickstart's data never asks about, to see what a
-# fine-tune forgot: sft eval RUN --tasks data/harness/general_knowledge.yaml --base
+TASK = """# Built by scripts/make_harness_task.py: general knowledge the quickstart's data never asks about, to see
+# what a fine-tune forgot: sft eval RUN --tasks data/harness/general_knowledge.yaml --base
 task: general_knowledge
 dataset_path: json
 dataset_kwargs:

@@ -1,6 +1,7 @@
 """The `sft` command line: commands only. Each parses, calls one library function and hands the result to the
-view (view.py, results_view.py), the only other modules that print. Heavy libraries (torch, transformers) are imported inside
-command bodies so that `sft --help` and `sft validate` stay fast. The commands on a run folder live in run_commands.py.
+view (view.py, results_view.py), the only other modules that print. Heavy libraries (torch, transformers) are
+imported inside command bodies so that `sft --help` and `sft validate` stay fast. The commands on a run folder live
+in run_commands.py.
 """
 
 from __future__ import annotations

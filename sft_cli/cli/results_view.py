@@ -53,7 +53,8 @@ def render_harness(console: Console, result) -> None:
     """lm-eval's scores: tuned, and with --base the base's and the difference (red where the tuned model forgot
     more than the standard error)."""
     with_base = any(score.base is not None for score in result.scores)
-    table = Table(title=f"lm-evaluation-harness ({result.seconds:.0f} s)", title_justify="left")
+    prompted = "the run's template" if result.prompt == "run" else "raw task text"
+    table = Table(title=f"lm-evaluation-harness, {prompted} ({result.seconds:.0f} s)", title_justify="left")
     for name in ("task", "metric", "tuned") + (("base", "change") if with_base else ()) + ("± stderr", "n"):
         table.add_column(name, justify="left" if name in ("task", "metric") else "right")
     for score in result.scores:

@@ -144,6 +144,12 @@ def eval(
     num_fewshot: int | None = typer.Option(
         None, "--num-fewshot", min=0, help="With --tasks: examples before each question (default: each task's own)."
     ),
+    prompt: str = typer.Option(
+        "run",
+        "--prompt",
+        help="With --tasks: run (each request through the run's template, as sft generate prompts) or raw (the "
+        "task's text as it is, as base models are benchmarked); --base is prompted the same way.",
+    ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest generated answer (--data)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
@@ -155,6 +161,8 @@ def eval(
     from sft_cli.runs.record import read_record
 
     names = split_tasks(tasks)
+    if prompt not in ("run", "raw"):
+        raise SftError(f"--prompt: expected run or raw, got {prompt!r}")
     if not data and not names:
         raise SftError("give --data (your rows) or --tasks (lm-eval tasks), or both", hint="sft eval --help")
     for path in data:
@@ -170,7 +178,7 @@ def eval(
     results = _eval_rows(run_dir, data, base, limit, max_new_tokens, progress) if data else []
     if results:
         document["results"] = [r.as_dict() for r in results]
-    harness = _eval_tasks(run_dir, names, base, limit, num_fewshot, progress) if names else None
+    harness = _eval_tasks(run_dir, names, base, limit, num_fewshot, prompt, progress) if names else None
     if harness:
         document["harness"] = harness.as_dict()
     if as_json:
@@ -201,7 +209,7 @@ def _eval_rows(run_dir: Path, data: list[Path], base: bool, limit, max_new_token
     return results
 
 
-def _eval_tasks(run_dir: Path, names: list[str], base: bool, limit, num_fewshot, progress):
+def _eval_tasks(run_dir: Path, names: list[str], base: bool, limit, num_fewshot, prompt: str, progress):
     """The harness tasks, their results kept in the run folder and sent to its trackers."""
     from sft_cli.runs.harness import keep_results, run_harness
     from sft_cli.training.trackers import report_after_training
@@ -210,7 +218,9 @@ def _eval_tasks(run_dir: Path, names: list[str], base: bool, limit, num_fewshot,
         progress.start(f"{'base' if label == 'base' else 'tuned'} model: {', '.join(names)}", unit="requests")
 
     try:
-        result = run_harness(run_dir, names, base, limit, num_fewshot, on_model=on_model, on_request=progress.advance)
+        result = run_harness(
+            run_dir, names, base, limit, num_fewshot, prompt, on_model=on_model, on_request=progress.advance
+        )
     finally:
         progress.stop()
     result.saved_to = keep_results(run_dir, result)

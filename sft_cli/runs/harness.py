@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sft_cli.errors import SftError
@@ -55,17 +55,7 @@ class TaskScore:
         return worse > math.hypot(self.stderr or 0.0, self.base_stderr or 0.0)
 
     def as_dict(self) -> dict:
-        return {
-            "task": self.task,
-            "metric": self.metric,
-            "tuned": self.tuned,
-            "base": self.base,
-            "change": self.change,
-            "stderr": self.stderr,
-            "base_stderr": self.base_stderr,
-            "higher_is_better": self.higher_is_better,
-            "samples": self.samples,
-        }
+        return {**asdict(self), "change": self.change}
 
 
 @dataclass
@@ -74,6 +64,7 @@ class HarnessResult:
     scores: list[TaskScore]
     limit: int | None
     num_fewshot: int | None
+    prompt: str  # "run": through the run's template; "raw": the task's text as it is
     seconds: float
     raw: dict[str, dict] = field(default_factory=dict)  # lm-eval's own results, by model ("tuned", "base")
     saved_to: Path | None = None
@@ -84,6 +75,7 @@ class HarnessResult:
             "tasks": self.tasks,
             "limit": self.limit,
             "num_fewshot": self.num_fewshot,
+            "prompt": self.prompt,
             "seconds": round(self.seconds, 1),
             "scores": [score.as_dict() for score in self.scores],
             "saved_to": str(self.saved_to) if self.saved_to else None,
@@ -183,10 +175,12 @@ def run_harness(
     base: bool = False,
     limit: int | None = None,
     num_fewshot: int | None = None,
+    prompt: str = "run",
     on_model=None,
     on_request=None,
 ) -> HarnessResult:
-    """Score the run's model (and with `base` its base first) on the tasks; `on_model(label)` when a model starts,
+    """Score the run's model (and with `base` its base first) on the tasks, both prompted the same way (`prompt`:
+    "run" through the run's template, "raw" the task's text as it is); `on_model(label)` when a model starts,
     `on_request(n)` as requests finish."""
     require_harness()
     start = time.monotonic()
@@ -200,11 +194,11 @@ def run_harness(
     for label in (["base"] if base else []) + ["tuned"]:
         if on_model:
             on_model(label)
-        model = RunModel(load_run(run_dir, base=label == "base"), on_request=on_request)
+        model = RunModel(load_run(run_dir, base=label == "base"), raw=prompt == "raw", on_request=on_request)
         raw[label] = _evaluate(model, tasks, limit, num_fewshot)
         del model
     scores = task_scores(raw["tuned"], raw.get("base"))
-    return HarnessResult(names, scores, limit, num_fewshot, time.monotonic() - start, raw)
+    return HarnessResult(names, scores, limit, num_fewshot, prompt, time.monotonic() - start, raw)
 
 
 def _evaluate(model, tasks: dict, limit: int | None, num_fewshot: int | None) -> dict:

@@ -4,8 +4,9 @@ tokenization (`prompt_token_ids`), its stop tokens, LoRA adapters applied withou
 path is not used: it knows the tokenizer's template only, not an instruction template or sft's tokenization.
 
 A continuation is scored after that prompt with its leading whitespace dropped, as an answer starts in training;
-a rolling (perplexity) request is a document, so no template applies to it. Imported only when the `eval` extra is
-installed (lm_eval at the top)."""
+a rolling (perplexity) request is a document, so no template applies to it. With `raw`, requests are the task's
+text as it is, tokenized as lm-eval tokenizes for a base model (no template): how pretrained knowledge is usually
+benchmarked. Imported only when the `eval` extra is installed (lm_eval at the top)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ MAX_GEN_TOKS = 256  # lm-eval's default for tasks that set none
 
 
 class RunModel(TemplateLM):
-    def __init__(self, run: LoadedRun, batch_size: int = 16, on_request=None):
+    def __init__(self, run: LoadedRun, raw: bool = False, batch_size: int = 16, on_request=None):
         super().__init__()
-        self.run, self.tokenizer, self.batch_size = run, run.tokenizer, batch_size
+        self.run, self.tokenizer, self.raw, self.batch_size = run, run.tokenizer, raw, batch_size
         self.on_request = on_request  # called with the number of requests done (progress)
         self._prompts: dict[str, list[int]] = {}
         config = getattr(run.model, "config", None)
@@ -39,17 +40,22 @@ class RunModel(TemplateLM):
         return self.tokenizer.name_or_path.replace("/", "__")
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        return self.tokenizer.encode(string, add_special_tokens=bool(add_special_tokens))
+        """Plain text's ids; the tokenizer's own BOS only for raw prompts (a template writes its own)."""
+        special = self.raw if add_special_tokens is None else add_special_tokens
+        return self.tokenizer.encode(string, add_special_tokens=special)
 
     def prompt(self, context: str) -> list[int]:
-        """The ids `sft generate RUN CONTEXT` would feed the model (few-shot contexts repeat per choice: kept)."""
+        """The ids `sft generate RUN CONTEXT` would feed the model, or with `raw` the text's own (few-shot
+        contexts repeat per choice: kept)."""
         if context not in self._prompts:
-            self._prompts[context] = prompt_token_ids(self.run, {"instruction": context, "input": ""})
+            row = {"instruction": context, "input": ""}
+            self._prompts[context] = self.tok_encode(context) if self.raw else prompt_token_ids(self.run, row)
         return self._prompts[context]
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        answer = self.tok_encode(continuation.lstrip() or continuation)
-        return self.prompt(context), answer
+        if self.raw:  # lm-eval's own split: the joined text's ids after the context's
+            return super()._encode_pair(context, continuation)
+        return self.prompt(context), self.tok_encode(continuation.lstrip() or continuation)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = []
@@ -58,7 +64,7 @@ class RunModel(TemplateLM):
                 pairs.append(self._encode_pair(context, continuation))
             else:  # a task without a question scores the continuation after BOS (or EOS), as lm-eval does
                 prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eot_token_id
-                pairs.append(([prefix], self.tok_encode(continuation)))
+                pairs.append(([prefix], self.tok_encode(continuation, add_special_tokens=False)))
         return self._score(pairs)
 
     def _loglikelihood_tokens(self, requests, **kwargs) -> list[tuple[float, bool]]:
@@ -70,7 +76,7 @@ class RunModel(TemplateLM):
             windows = [
                 make_disjoint_window(window)
                 for window in get_rolling_token_windows(
-                    self.tok_encode(text), self.eot_token_id, self.max_length, context_len=1
+                    self.tok_encode(text, add_special_tokens=False), self.eot_token_id, self.max_length, context_len=1
                 )
             ]
             totals.append(sum(logprob for logprob, _ in self._score(windows, report=False)))

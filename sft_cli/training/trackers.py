@@ -256,6 +256,8 @@ STARTERS = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": Wandb, "track
 def report_after_training(run_dir: Path, metrics: dict[str, float]) -> list[str]:
     """Send metrics measured after training to the trackers the run reported to, at its last step, into the same
     tracker runs. Returns one line for each tracker that could not take them (the metrics are on disk already)."""
+    if not (run_dir / RECIPE_FILE).is_file() or not (run_dir / RUN_FILE).is_file():
+        return []  # a merged or exported model folder: no training run to report to
     recipe = yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8")) or {}
     training = recipe.get("training") or {}
     names = training.get("report_to") or []

@@ -119,6 +119,23 @@ def test_the_model_is_fed_the_ids_sft_generate_builds(request, tasks, monkeypatc
     assert all(marker in run.tokenizer.decode(ids) for ids in expected)  # the run's template, not the bare text
 
 
+def test_raw_prompts_are_the_task_text_as_it_is(lora_run, tasks, monkeypatch):
+    """--prompt raw: no template, the tokenizer's own BOS, the choice joined to its question (lm-eval's way)."""
+    from sft_cli.runs.harness import run_harness
+
+    seen = recording(monkeypatch)
+    result = run_harness(lora_run, [str(tasks["choice"]), str(tasks["answer"])], prompt="raw")
+    assert result.prompt == "raw"
+    tokenizer = load_run(lora_run).tokenizer
+    texts = sorted(tokenizer.decode(ids, skip_special_tokens=True) for ids in seen)
+    expected = [text for text, _ in INSTRUCTIONS]
+    expected += [f"Question: {q}\nAnswer: {choice}" for q, choices, _ in QUESTIONS for choice in choices]
+    assert texts == sorted(expected)
+    assert all(ids[0] == tokenizer.bos_token_id and "###" not in tokenizer.decode(ids) for ids in seen)
+    for text, _ in INSTRUCTIONS:
+        assert tokenizer.encode(text) in seen
+
+
 def test_scores_in_batches_equal_each_sequence_alone(lora_run):
     from sft_cli.runs.harness_model import RunModel
 
@@ -180,6 +197,19 @@ def test_base_is_scored_beside_the_run_kept_in_the_run_folder_and_sent_to_tensor
     assert [(e.step, e.value) for e in logged][:1] == [(step, pytest.approx(bpb["tuned"], rel=1e-5))]
     assert events.Scalars("harness_base/documents/bits_per_byte")[0].value == pytest.approx(bpb["base"], rel=1e-5)
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, step + 1))  # training's kept as it was
+
+
+def test_a_merged_model_folder_is_scored_as_its_run(lora_run, tasks, tmp_path):
+    """`sft merge` writes a folder without the run's recipe and trackers: its scores equal the LoRA run's."""
+    merged = tmp_path / "merged"
+    assert runner.invoke(app, ["merge", str(lora_run), "-o", str(merged)]).exit_code == 0
+    scores = {}
+    for folder in (lora_run, merged):
+        result = runner.invoke(app, ["eval", str(folder), "--tasks", str(tasks["documents"]), "--json"])
+        assert result.exit_code == 0, result.output
+        (scores[folder],) = [s["tuned"] for s in json.loads(result.stdout)["harness"]["scores"]]
+    assert scores[merged] == pytest.approx(scores[lora_run], rel=1e-4)
+    assert len(list((merged / "eval").glob("harness-*.json"))) == 1
 
 
 def test_a_hub_task_out_of_reach_fails_at_once_naming_it(lora_run, tmp_path):
