@@ -370,8 +370,21 @@ def measured_peak() -> dict:
 
     if torch.cuda.is_available():
         return {"measured_peak_mb": round(torch.cuda.max_memory_allocated() / MB), "measured": "CUDA allocated"}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    peak = _peak_rss_of_this_program() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KB on Linux
     return {"measured_peak_mb": round(peak / MB), "measured": "peak RSS"}
+
+
+def _peak_rss_of_this_program() -> int | None:
+    """Linux's VmHWM: the peak of this program's memory. getrusage's ru_maxrss survives exec, so a run started by
+    a large process (a test session, a notebook) would report that process's size when it was larger."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def memory_warning(result: MemoryForecast) -> str | None:

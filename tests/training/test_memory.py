@@ -44,6 +44,21 @@ def test_the_forecast_is_within_20_percent_of_the_measured_peak(smollm2_path):
         assert 0.8 <= result["ratio"] <= 1.2, result
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU peak (peak RSS) only")
+def test_the_measured_peak_is_the_runs_own_when_a_large_process_starts_it():
+    """A run started by a large process (a test session, a notebook) reports its own peak, not the parent's size:
+    getrusage's peak survives exec, so it would say 1.5 GB here."""
+    import subprocess
+    import sys
+
+    parent = bytearray(1500 * MB)
+    parent[::4096] = b"\x01" * len(parent[::4096])  # every page touched: resident
+    code = "from sft_cli.training.memory import measured_peak; print(measured_peak()['measured_peak_mb'])"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(child.stdout) < 1000, child.stdout
+    del parent
+
+
 def test_the_longest_batch_is_the_one_the_sampler_can_draw():
     lengths = [5, 40, 7, 33, 12, 40]
     assert longest_batch(lengths, 2, "padding_free", 64) == (80, 2)
