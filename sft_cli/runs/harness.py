@@ -147,8 +147,8 @@ def _load_task(manager, name: str, unreachable: str | None) -> list:
                 "task's data: run it once with internet, or give a task YAML with local data files"
             )
         else:
-            hint = "check the task's dataset_path and data files"
-        raise SftError(f"--tasks: {name}: its data cannot be loaded ({reason})", hint=hint) from None
+            hint = "check the task's YAML, its dataset_path and its data files"
+        raise SftError(f"--tasks: {name}: cannot be loaded ({reason})", hint=hint) from None
     groups = tasks["groups"]  # a group (mmlu) is passed whole: lm-eval reports it beside its tasks
     top = groups.get(name) or next(iter(groups.values()), None)
     return [top] if top is not None else list(tasks["tasks"].values())

@@ -224,7 +224,7 @@ def test_a_hub_task_out_of_reach_fails_at_once_naming_it(lora_run, tmp_path):
         timeout=120,
     )
     assert done.returncode == 2, done.stderr
-    assert "gsm8k: its data cannot be loaded" in done.stderr and "Traceback" not in done.stderr
+    assert "gsm8k: cannot be loaded" in done.stderr and "Traceback" not in done.stderr
     assert "out of reach" in done.stderr
     assert time.monotonic() - start < 45  # imports and lm-eval's task index; never the hub client's retries
     assert not (lora_run / "eval").exists() or not any((lora_run / "eval").glob("*gsm8k*"))
@@ -244,6 +244,16 @@ def test_bad_task_arguments_are_one_error(lora_run, args, message):
     assert message in result.output and "Traceback" not in result.output
     if "gsm8kk" in args:
         assert "did you mean gsm8k" in result.output
+
+
+def test_a_task_whose_data_file_is_missing_names_the_task_and_the_file(lora_run, tmp_path):
+    task = choice_task(tmp_path)
+    (tmp_path / "choice.jsonl").unlink()
+    kept_before = sorted((lora_run / "eval").glob("*")) if (lora_run / "eval").exists() else []
+    result = runner.invoke(app, ["eval", str(lora_run), "--tasks", str(task)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{task}: cannot be loaded" in result.output and "choice.jsonl" in result.output
+    assert (sorted((lora_run / "eval").glob("*")) if (lora_run / "eval").exists() else []) == kept_before
 
 
 def test_without_the_extra_the_error_names_it(lora_run, monkeypatch):
