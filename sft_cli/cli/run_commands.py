@@ -137,7 +137,7 @@ def eval(
         [],
         "--tasks",
         help="lm-evaluation-harness tasks, comma-separated: lm-eval's names (ifeval, gsm8k, mmlu, ...) or task YAML "
-        "files; needs the eval extra. Prompted through the run's template.",
+        "files; needs the eval extra. Prompted through the run's template (see --prompt).",
     ),
     base: bool = typer.Option(False, "--base", help="Also evaluate the untouched base model, side by side."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N rows (of each task)."),
