@@ -65,12 +65,14 @@ def dataset_commit(dataset: str, revision: str | None) -> str | None:
 
 @contextlib.contextmanager
 def offline_hub(offline: bool = True) -> Iterator[None]:
-    """Inside: the hub client and datasets use their caches only, so a dataset that is not cached fails at once
-    rather than after the client's retries (about 25 s each). Both libraries read HF_HUB_OFFLINE when imported,
-    so the switch is their module settings, put back on the way out."""
+    """Inside: the hub client, datasets and `evaluate` use their caches only, so a dataset or metric that is not
+    cached fails at once rather than after the client's retries (about 25 s each). The libraries read their
+    offline switches when imported, so the switch is their module settings, put back on the way out."""
     if not offline:
         yield
         return
+    import importlib.util
+
     import datasets.config
     import huggingface_hub.constants
 
@@ -79,6 +81,10 @@ def offline_hub(offline: bool = True) -> Iterator[None]:
         (datasets.config, "HF_HUB_OFFLINE"),
         (datasets.config, "HF_DATASETS_OFFLINE"),
     ]
+    if importlib.util.find_spec("evaluate") is not None:  # lm-eval's metrics library, where installed
+        import evaluate.config
+
+        settings.append((evaluate.config, "HF_EVALUATE_OFFLINE"))
     saved = [getattr(module, name) for module, name in settings]
     for module, name in settings:
         setattr(module, name, True)

@@ -115,7 +115,7 @@ def write_task(folder: Path, name: str, rows: list[dict], **config) -> Path:
     return path
 
 
-def choice_task(folder: Path) -> Path:
+def choice_task(folder: Path, **config) -> Path:
     """A multiple-choice task (`choice`, metric acc) over QUESTIONS."""
     return write_task(
         folder,
@@ -126,4 +126,5 @@ def choice_task(folder: Path) -> Path:
         doc_to_choice="{{choices}}",
         doc_to_target="{{answer}}",
         metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        **config,
     )

@@ -157,7 +157,7 @@ def eval(
     column; lm-evaluation-harness tasks (--tasks), with --base the forgetting report: each task's score, the base's,
     and the difference. --tasks results are kept in RUN/eval/ and sent to the run's trackers."""
     from sft_cli.cli.view import ProgressView
-    from sft_cli.runs.harness import require_harness, split_tasks
+    from sft_cli.runs.harness import load_tasks, require_harness, split_tasks
     from sft_cli.runs.record import read_record
 
     names = split_tasks(tasks)
@@ -169,16 +169,18 @@ def eval(
         if not path.exists():
             raise SftError(f"--data: not found: {path}")
     read_record(run_dir)  # a folder sft did not write is refused before anything loads
+    quiet_libraries()
+    tasks = None
     if names:
         require_harness()
         check_writable(run_dir, "keeping the results in the run folder")
-    quiet_libraries()
+        tasks = load_tasks(names)  # every task name and its data, before any model loads
     progress = ProgressView(err)
     document: dict = {}
     results = _eval_rows(run_dir, data, base, limit, max_new_tokens, progress) if data else []
     if results:
         document["results"] = [r.as_dict() for r in results]
-    harness = _eval_tasks(run_dir, names, base, limit, num_fewshot, prompt, progress) if names else None
+    harness = _eval_tasks(run_dir, tasks, base, limit, num_fewshot, prompt, progress) if tasks else None
     if harness:
         document["harness"] = harness.as_dict()
     if as_json:
@@ -209,17 +211,17 @@ def _eval_rows(run_dir: Path, data: list[Path], base: bool, limit, max_new_token
     return results
 
 
-def _eval_tasks(run_dir: Path, names: list[str], base: bool, limit, num_fewshot, prompt: str, progress):
-    """The harness tasks, their results kept in the run folder and sent to its trackers."""
+def _eval_tasks(run_dir: Path, tasks, base: bool, limit, num_fewshot, prompt: str, progress):
+    """The harness tasks (`harness.load_tasks`), their results kept in the run folder and sent to its trackers."""
     from sft_cli.runs.harness import keep_results, run_harness
     from sft_cli.training.trackers import report_after_training
 
     def on_model(label: str) -> None:
-        progress.start(f"{'base' if label == 'base' else 'tuned'} model: {', '.join(names)}", unit="requests")
+        progress.start(f"{'base' if label == 'base' else 'tuned'} model: {', '.join(tasks.names)}", unit="requests")
 
     try:
         result = run_harness(
-            run_dir, names, base, limit, num_fewshot, prompt, on_model=on_model, on_request=progress.advance
+            run_dir, tasks, base, limit, num_fewshot, prompt, on_model=on_model, on_request=progress.advance
         )
     finally:
         progress.stop()

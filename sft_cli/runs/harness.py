@@ -107,9 +107,19 @@ def is_task_file(name: str) -> bool:
     return name.lower().endswith((".yaml", ".yml"))
 
 
-def load_tasks(names: list[str]) -> dict:
+@dataclass
+class Tasks:
+    """The tasks of one evaluation, their data loaded, checked before any model loads."""
+
+    names: list[str]
+    loaded: dict  # lm-eval's {"tasks", "groups", "group_map"}
+    offline: str | None  # why the hub is out of reach: the evaluation runs offline too (metrics may download)
+
+
+def load_tasks(names: list[str]) -> Tasks:
     """lm-eval's tasks (and groups) for the names, data loaded. Every name is checked before any data is fetched;
-    with the hub out of reach only cached hub datasets load, and the first that is not is one error."""
+    with the hub out of reach only cached hub datasets load, and the first that is not is one error; a task named
+    twice, or one sft does not run (generated code, images), is refused here."""
     from lm_eval.tasks import TaskManager
 
     for name in names:
@@ -128,10 +138,51 @@ def load_tasks(names: list[str]) -> dict:
             )
     unreachable = hub_unreachable()
     loaded = []
-    with offline_hub(unreachable is not None):
+    with offline_hub(unreachable is not None), download_timeout():
         for name in names:
             loaded.extend(_load_task(manager, name, unreachable))
-    return manager.load(loaded)
+    _refuse_repeats(loaded)
+    tasks = manager.load(loaded)
+    for task_name, task in tasks["tasks"].items():
+        if getattr(task, "UNSAFE_CODE", False) or task.config.unsafe_code:
+            raise SftError(
+                f"--tasks: {task_name} runs the code the model writes (unsafe_code); sft eval does not",
+                hint="run it with lm-eval's own CLI and --confirm_run_unsafe_code, on `sft merge`'s folder",
+            )
+        if getattr(task, "MULTIMODAL", False) or task.config.doc_to_image or task.config.doc_to_audio:
+            raise SftError(f"--tasks: {task_name} gives the model images or audio; sft eval scores text models")
+    return Tasks(names, tasks, unreachable)
+
+
+def _refuse_repeats(loaded: list) -> None:
+    """lm-eval keys tasks by name: a task given twice (two YAMLs with one `task:`, or a group and one of its
+    tasks) would be scored once, silently."""
+    seen = []
+    for item in loaded:
+        seen += (
+            [task.task_name for task in item.get_all_tasks()] if hasattr(item, "get_all_tasks") else [item.task_name]
+        )
+    repeated = sorted({name for name in seen if seen.count(name) > 1})
+    if repeated:
+        raise SftError(
+            f"--tasks: {', '.join(repeated)} given more than once (a group already holds its tasks)",
+            hint="give each task once; two task YAMLs need two different `task:` names",
+        )
+
+
+@contextlib.contextmanager
+def download_timeout(seconds: float = 10.0) -> Iterator[None]:
+    """Tasks may download at import or scoring time (nltk's tokenizer data, `evaluate` metrics) through sockets
+    without a timeout: on a network that drops packets each would wait for ever; here a silent socket fails
+    after `seconds`."""
+    import socket
+
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
 
 
 def _load_task(manager, name: str, unreachable: str | None) -> list:
@@ -146,6 +197,9 @@ def _load_task(manager, name: str, unreachable: str | None) -> list:
                 f"the Hugging Face hub is out of reach ({unreachable}) and the datasets cache does not hold this "
                 "task's data: run it once with internet, or give a task YAML with local data files"
             )
+        elif isinstance(error, ImportError):
+            module = (error.name or reason).split(".")[0]
+            hint = f"the task imports {module}: pip install {module} (lm-eval's extras list what each task needs)"
         else:
             hint = "check the task's YAML, its dataset_path and its data files"
         raise SftError(f"--tasks: {name}: cannot be loaded ({reason})", hint=hint) from None
@@ -171,7 +225,7 @@ def _working_dir(folder: Path | None) -> Iterator[None]:
 
 def run_harness(
     run_dir: Path,
-    names: list[str],
+    tasks: Tasks,
     base: bool = False,
     limit: int | None = None,
     num_fewshot: int | None = None,
@@ -182,11 +236,9 @@ def run_harness(
     """Score the run's model (and with `base` its base first) on the tasks, both prompted the same way (`prompt`:
     "run" through the run's template, "raw" the task's text as it is); `on_model(label)` when a model starts,
     `on_request(n)` as requests finish."""
-    require_harness()
     start = time.monotonic()
     for noisy in ("lm_eval", "lm-eval"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    tasks = load_tasks(names)
     from sft_cli.runs.generate import load_run
     from sft_cli.runs.harness_model import RunModel
 
@@ -195,10 +247,15 @@ def run_harness(
         if on_model:
             on_model(label)
         model = RunModel(load_run(run_dir, base=label == "base"), raw=prompt == "raw", on_request=on_request)
-        raw[label] = _evaluate(model, tasks, limit, num_fewshot)
+        with offline_hub(tasks.offline is not None), download_timeout():
+            try:
+                raw[label] = _evaluate(model, tasks.loaded, limit, num_fewshot)
+            except ValueError as error:  # lm-eval's refusals: fewer rows than --num-fewshot asks, ...
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise SftError(f"--tasks: lm-eval cannot run these tasks so: {reason}") from None
         del model
     scores = task_scores(raw["tuned"], raw.get("base"))
-    return HarnessResult(names, scores, limit, num_fewshot, prompt, time.monotonic() - start, raw)
+    return HarnessResult(tasks.names, scores, limit, num_fewshot, prompt, time.monotonic() - start, raw)
 
 
 def _evaluate(model, tasks: dict, limit: int | None, num_fewshot: int | None) -> dict:

@@ -36,6 +36,13 @@ class RunModel(TemplateLM):
         return self.tokenizer.eos_token_id
 
     @property
+    def prefix_token_id(self) -> int:
+        """What a document or an empty context is scored after: BOS where the tokenizer has one (as lm-eval's
+        Hugging Face backend), else EOS."""
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.eot_token_id
+
+    @property
     def tokenizer_name(self) -> str:
         return self.tokenizer.name_or_path.replace("/", "__")
 
@@ -63,8 +70,7 @@ class RunModel(TemplateLM):
             if context:
                 pairs.append(self._encode_pair(context, continuation))
             else:  # a task without a question scores the continuation after BOS (or EOS), as lm-eval does
-                prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eot_token_id
-                pairs.append(([prefix], self.tok_encode(continuation, add_special_tokens=False)))
+                pairs.append(([self.prefix_token_id], self.tok_encode(continuation, add_special_tokens=False)))
         return self._score(pairs)
 
     def _loglikelihood_tokens(self, requests, **kwargs) -> list[tuple[float, bool]]:
@@ -76,7 +82,10 @@ class RunModel(TemplateLM):
             windows = [
                 make_disjoint_window(window)
                 for window in get_rolling_token_windows(
-                    self.tok_encode(text, add_special_tokens=False), self.eot_token_id, self.max_length, context_len=1
+                    self.tok_encode(text, add_special_tokens=False),
+                    self.prefix_token_id,
+                    self.max_length,
+                    context_len=1,
                 )
             ]
             totals.append(sum(logprob for logprob, _ in self._score(windows, report=False)))
@@ -85,29 +94,34 @@ class RunModel(TemplateLM):
 
     def _score(self, pairs: list[tuple[list[int], list[int]]], report: bool = True) -> list[tuple[float, bool]]:
         """Log-probability of each continuation after its context, and whether greedy decoding would write it;
-        longest first in right-padded batches, returned in request order. A context too long for the model loses
-        its oldest tokens."""
-        pairs = [(context[-max(1, self.max_length - len(answer)) :], answer) for context, answer in pairs]
+        longest first in right-padded batches, returned in request order. The model is fed at most max_length
+        tokens (the last token is only a target), a context too long losing its oldest tokens."""
+        pairs = [self._fit(context, answer) for context, answer in pairs]
         order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         model, pad = self.run.model, pad_id(self.tokenizer)
         for start in range(0, len(order), self.batch_size):
             batch = [pairs[i] for i in order[start : start + self.batch_size]]
-            rows = [context + answer for context, answer in batch]
+            rows = [(context + answer)[:-1] for context, answer in batch]
             width = max(map(len, rows))
             ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=model.device)
             mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=model.device)
             with torch.no_grad():
-                logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+                logits = model(input_ids=ids, attention_mask=mask).logits
             for row, (context, answer), index in zip(range(len(batch)), batch, order[start:]):
-                positions = torch.arange(len(context) - 1, len(context) + len(answer) - 1, device=model.device)
-                scores = logprobs[row, positions]
+                first = len(context) - 1  # the position whose logits predict the answer's first token
+                scores = torch.log_softmax(logits[row, first : first + len(answer)].float(), dim=-1)
                 target = torch.tensor(answer, device=model.device)
                 chosen = scores.gather(-1, target[:, None]).sum().item()
                 results[index] = (chosen, bool((scores.argmax(-1) == target).all()))
             if report:
                 self._advance(len(batch))
         return results
+
+    def _fit(self, context: list[int], answer: list[int]) -> tuple[list[int], list[int]]:
+        """At most max_length + 1 tokens in all, at least one of them context."""
+        answer = answer[-self.max_length :]
+        return context[-max(1, self.max_length + 1 - len(answer)) :], answer
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Answers, generated as `sft generate` does and cut at the task's stop strings; requests sharing

@@ -150,10 +150,11 @@ def generation_eval(recipe: Recipe, data: TrainingData, model: TrainingModel, pl
         wanted.rows, wanted.max_new_tokens, stops, pad_id(tokenizer), tokenizer, plan.environment.attention,
         model.loaded_attention,
     )  # fmt: skip
-    # timed only where the whole model is in this process (sharded weights generate inside the trainer only)
+    # timed only where the whole model is in this process (sharded weights generate inside the trainer only), on
+    # the device it trains on: the trainer would move it there next
     sets = data.eval_rows if isinstance(data.eval_rows, dict) else {"eval": data.eval_rows}  # per source or one
-    whole = plan.environment.processes == 1
-    seconds = sum(generation.estimate_seconds(model.model, rows) for rows in sets.values()) if whole else None
+    on_device = plan.environment.processes == 1 and on_training_device(model.model, plan.environment)
+    seconds = sum(generation.estimate_seconds(model.model, rows) for rows in sets.values()) if on_device else None
     plan.eval_generate = {
         "rows": sum(min(wanted.rows, len(rows)) for rows in sets.values()),
         "max_new_tokens": wanted.max_new_tokens,
@@ -161,6 +162,16 @@ def generation_eval(recipe: Recipe, data: TrainingData, model: TrainingModel, pl
         "seconds_per_evaluation": None if seconds is None else round(seconds, 2),
     }
     return generation
+
+
+def on_training_device(model, env: Environment) -> bool:
+    """Whether the model is (now) on the device it will train on: a GPU run's model is moved there as the trainer
+    would move it; one placed by its quantization stays where it is."""
+    if not env.device.startswith("cuda"):
+        return True
+    if next(model.parameters()).device.type != "cuda" and not getattr(model, "is_quantized", False):
+        model.to("cuda")
+    return next(model.parameters()).device.type == "cuda"
 
 
 def setup_trainer(

@@ -126,8 +126,8 @@ class Trackers:
                     hint="fix the tracker's settings, or remove it from training.report_to",
                 ) from None
         ids = {name: tracker.run_id for name, tracker in self.open.items() if tracker.run_id}
-        if ids:
-            saved = {"project": self.project, **ids}
+        if ids:  # beside the ids of trackers not opened now (after training, each is reopened on its own)
+            saved = {**self._saved_ids(), "project": self.project, **ids}
             (self.run_dir / IDS_FILE).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
 
     def _saved_ids(self) -> dict:
@@ -216,10 +216,14 @@ class Wandb:
             resume="allow" if run_id else None,
             config={"recipe": recipe, "plan": plan},
         )
-        self.run_id = self.run.id
+        self.run_id, self.reopened = self.run.id, trackers.reopen
 
     def log(self, metrics: dict, step: int) -> None:
-        self.run.log(metrics, step=step)
+        if self.reopened:  # W&B drops steps at or below the last one it has: the scores go to the summary
+            self.run.summary.update(metrics)
+            self.run.log(metrics)
+        else:
+            self.run.log(metrics, step=step)
 
     def finish(self, facts: dict, failed: bool) -> None:
         self.run.summary.update({k: v for k, v in flat(facts).items() if v is not None})

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ALPACA_ROWS, CHAT_ROWS
+from conftest import ALPACA_ROWS, CHAT_ROWS, write_jsonl
 from recipes import QUESTIONS, choice_task, recipe_file, write_task
 from typer.testing import CliRunner
 
@@ -82,7 +82,7 @@ def recording(monkeypatch) -> list[list[int]]:
     real_load = sft_cli.runs.generate.load_run
 
     def record(module, args, kwargs):
-        ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+        ids, mask = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
         if ids.shape[1] > 1:
             for row, keep in zip(ids.tolist(), (mask if mask is not None else torch.ones_like(ids)).tolist()):
                 seen.append([token for token, kept in zip(row, keep) if kept])
@@ -99,11 +99,11 @@ def recording(monkeypatch) -> list[list[int]]:
 
 @pytest.mark.parametrize("which, marker", [("lora_run", "### Response:"), ("chat_run", "<|im_start|>assistant")])
 def test_the_model_is_fed_the_ids_sft_generate_builds(request, tasks, monkeypatch, which, marker):
-    from sft_cli.runs.harness import run_harness
+    from sft_cli.runs.harness import load_tasks, run_harness
 
     run_dir = request.getfixturevalue(which)
     seen = recording(monkeypatch)
-    result = run_harness(run_dir, [str(tasks["choice"]), str(tasks["answer"])])
+    result = run_harness(run_dir, load_tasks([str(tasks["choice"]), str(tasks["answer"])]))
     assert {score.task for score in result.scores} == {"choice", "answer"}
 
     run = load_run(run_dir)
@@ -114,23 +114,22 @@ def test_the_model_is_fed_the_ids_sft_generate_builds(request, tasks, monkeypatc
     expected = [generate_ids(text) for text, _ in INSTRUCTIONS]
     for question, choices, _ in QUESTIONS:
         prompt = generate_ids(f"Question: {question}\nAnswer:")
-        expected += [prompt + run.tokenizer.encode(choice, add_special_tokens=False) for choice in choices]
+        # a choice is scored after the prompt: the model is fed all but its last token (only a target)
+        expected += [(prompt + run.tokenizer.encode(choice, add_special_tokens=False))[:-1] for choice in choices]
     assert sorted(seen) == sorted(expected)
     assert all(marker in run.tokenizer.decode(ids) for ids in expected)  # the run's template, not the bare text
 
 
 def test_raw_prompts_are_the_task_text_as_it_is(lora_run, tasks, monkeypatch):
     """--prompt raw: no template, the tokenizer's own BOS, the choice joined to its question (lm-eval's way)."""
-    from sft_cli.runs.harness import run_harness
+    from sft_cli.runs.harness import load_tasks, run_harness
 
     seen = recording(monkeypatch)
-    result = run_harness(lora_run, [str(tasks["choice"]), str(tasks["answer"])], prompt="raw")
+    result = run_harness(lora_run, load_tasks([str(tasks["choice"]), str(tasks["answer"])]), prompt="raw")
     assert result.prompt == "raw"
     tokenizer = load_run(lora_run).tokenizer
-    texts = sorted(tokenizer.decode(ids, skip_special_tokens=True) for ids in seen)
-    expected = [text for text, _ in INSTRUCTIONS]
-    expected += [f"Question: {q}\nAnswer: {choice}" for q, choices, _ in QUESTIONS for choice in choices]
-    assert texts == sorted(expected)
+    scored = [tokenizer.encode(f"Question: {q}\nAnswer: {choice}") for q, choices, _ in QUESTIONS for choice in choices]
+    assert sorted(seen) == sorted([tokenizer.encode(text) for text, _ in INSTRUCTIONS] + [ids[:-1] for ids in scored])
     assert all(ids[0] == tokenizer.bos_token_id and "###" not in tokenizer.decode(ids) for ids in seen)
     for text, _ in INSTRUCTIONS:
         assert tokenizer.encode(text) in seen
@@ -154,13 +153,33 @@ def test_scores_in_batches_equal_each_sequence_alone(lora_run):
         assert greedy == bool((alone.argmax(-1) == target).all())
 
 
+def test_long_documents_score_as_lm_evals_own_backend_in_windows_the_model_can_take(lora_run, monkeypatch):
+    """A document five times the model's length: windows of at most max_length tokens fed, and the same
+    log-likelihood as lm-eval's Hugging Face backend gives for the same model and length."""
+    from lm_eval.models.huggingface import HFLM
+
+    from sft_cli.runs.harness_model import RunModel
+
+    seen = recording(monkeypatch)
+    run = sft_cli.runs.generate.load_run(lora_run, base=True)
+    ours = RunModel(run, batch_size=4)
+    ours.max_length = 16
+    document = SimpleNamespace(args=(" ".join(DOCUMENTS) * 2,))
+    assert len(run.tokenizer.encode(document.args[0])) > 5 * 16
+    (total,) = ours.loglikelihood_rolling([document])
+    assert seen and max(map(len, seen)) <= 16
+    # add_bos_token=False: lm-eval's backend otherwise scores the tokenizer's BOS as the document's first token
+    theirs = HFLM(pretrained=run.model, tokenizer=run.tokenizer, max_length=16, batch_size=4, add_bos_token=False)
+    assert total == pytest.approx(theirs.loglikelihood_rolling([document], disable_tqdm=True)[0], rel=1e-4)
+
+
 def bits_per_byte(model, tokenizer, documents: list[str]) -> float:
-    """A rolling document score by hand: every token after EOS, summed over documents, per UTF-8 byte."""
+    """A rolling document score by hand: every token after BOS, summed over documents, per UTF-8 byte."""
     total = 0.0
     for text in documents:
         ids = tokenizer.encode(text, add_special_tokens=False)
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([[tokenizer.eos_token_id] + ids])).logits.float()
+            logits = model(input_ids=torch.tensor([[tokenizer.bos_token_id] + ids])).logits.float()
         total += torch.log_softmax(logits[0, :-1], -1).gather(-1, torch.tensor(ids)[:, None]).sum().item()
     return -total / math.log(2) / sum(len(text.encode()) for text in documents)
 
@@ -227,7 +246,6 @@ def test_a_hub_task_out_of_reach_fails_at_once_naming_it(lora_run, tmp_path):
     assert "gsm8k: cannot be loaded" in done.stderr and "Traceback" not in done.stderr
     assert "out of reach" in done.stderr
     assert time.monotonic() - start < 45  # imports and lm-eval's task index; never the hub client's retries
-    assert not (lora_run / "eval").exists() or not any((lora_run / "eval").glob("*gsm8k*"))
 
 
 @pytest.mark.parametrize(
@@ -244,6 +262,26 @@ def test_bad_task_arguments_are_one_error(lora_run, args, message):
     assert message in result.output and "Traceback" not in result.output
     if "gsm8kk" in args:
         assert "did you mean gsm8k" in result.output
+
+
+def test_tasks_lm_eval_would_score_wrongly_or_refuse_late_are_refused_first(lora_run, tmp_path):
+    """Each is one error (exit 2, no traceback) before any model loads or any row is answered: the same task name
+    twice (lm-eval would score it once), a task running generated code, more few-shot examples than rows."""
+    folders = [tmp_path / name for name in ("a", "b", "unsafe", "few")]
+    for folder in folders:
+        folder.mkdir()
+    rows = write_jsonl(tmp_path / "rows.jsonl", ALPACA_ROWS)
+    unsafe = choice_task(folders[2], unsafe_code=True)
+    cases = [
+        (["--tasks", f"{choice_task(folders[0])},{choice_task(folders[1])}"], "choice given more than once"),
+        (["--tasks", str(unsafe), "--data", str(rows)], "runs the code the model writes"),
+        (["--tasks", str(choice_task(folders[3])), "--num-fewshot", "5"], "lm-eval cannot run these tasks so"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["eval", str(lora_run), *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert "answer loss" not in result.output  # the --data rows were not evaluated first
 
 
 def test_a_task_whose_data_file_is_missing_names_the_task_and_the_file(lora_run, tmp_path):

@@ -149,3 +149,37 @@ def test_validate_names_the_tracker_keys_in_the_starter_recipe(tmp_path):
     text = (tmp_path / "r.yaml").read_text()
     assert "report_to" in text and "tracker_project" in text and "sources" in text
     assert yaml.safe_load(text)
+
+
+def test_scores_after_training_reach_each_trackers_own_run_and_keep_every_id(tmp_path, monkeypatch):
+    """Two trackers that keep run ids, reopened one at a time after training: each continues its own run, twice,
+    and trackers.json keeps both ids (a resumed `sft train` reads the same file)."""
+    from sft_cli.training import trackers
+
+    opened = []
+
+    class Kept:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, owner, recipe, plan, run_id):
+            tracker = type("Open", (), {})()
+            tracker.run_id = run_id or f"{self.name}-new"
+            tracker.log = lambda metrics, step: opened.append((self.name, run_id, step, dict(metrics)))
+            tracker.finish = lambda facts, failed: None
+            return tracker
+
+    monkeypatch.setitem(trackers.STARTERS, "mlflow", Kept("mlflow"))
+    monkeypatch.setitem(trackers.STARTERS, "wandb", Kept("wandb"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump({"training": {"report_to": ["mlflow", "wandb"]}}))
+    (run_dir / "run.json").write_text(json.dumps({"global_step": 12, "plan": {}}))
+    ids = {"project": "p", "mlflow": "m-1", "wandb": "w-1"}
+    (run_dir / "trackers.json").write_text(json.dumps(ids))
+    for _ in range(2):
+        assert trackers.report_after_training(run_dir, {"harness/t/acc": 0.5}) == []
+    assert [(name, run_id, step) for name, run_id, step, _ in opened] == [
+        ("mlflow", "m-1", 12), ("wandb", "w-1", 12), ("mlflow", "m-1", 12), ("wandb", "w-1", 12)
+    ]  # fmt: skip
+    assert json.loads((run_dir / "trackers.json").read_text()) == ids
