@@ -191,7 +191,7 @@ def _load_task(manager, name: str, unreachable: str | None) -> list:
         with _working_dir(Path(spec).parent if is_task_file(name) else None):
             tasks = manager.load([spec])
     except Exception as error:  # lm-eval and datasets raise many types; the user needs the task and the reason
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         if unreachable and isinstance(error, ConnectionError):  # datasets' offline and unreachable errors
             hint = (
                 f"the Hugging Face hub is out of reach ({unreachable}) and the datasets cache does not hold this "
@@ -206,6 +206,11 @@ def _load_task(manager, name: str, unreachable: str | None) -> list:
     groups = tasks["groups"]  # a group (mmlu) is passed whole: lm-eval reports it beside its tasks
     top = groups.get(name) or next(iter(groups.values()), None)
     return [top] if top is not None else list(tasks["tasks"].values())
+
+
+def first_line(error: Exception) -> str:
+    """What a library's exception says, in one line (lm-eval and datasets raise many types)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 @contextlib.contextmanager
@@ -251,8 +256,7 @@ def run_harness(
             try:
                 raw[label] = _evaluate(model, tasks.loaded, limit, num_fewshot)
             except ValueError as error:  # lm-eval's refusals: fewer rows than --num-fewshot asks, ...
-                reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                raise SftError(f"--tasks: lm-eval cannot run these tasks so: {reason}") from None
+                raise SftError(f"--tasks: lm-eval cannot run these tasks so: {first_line(error)}") from None
         del model
     scores = task_scores(raw["tuned"], raw.get("base"))
     return HarnessResult(tasks.names, scores, limit, num_fewshot, prompt, time.monotonic() - start, raw)
