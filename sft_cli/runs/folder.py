@@ -27,6 +27,8 @@ from sft_cli.runs.record import (
     RUN_FILE,
     TEMPLATE_FILE,
     RunRecord,
+    read_run_facts,
+    read_started_recipe,
     write_record,
 )
 
@@ -239,11 +241,8 @@ TRAINED_AS = ("model", "lora")
 def changed_since(run_dir: Path, recipe: Recipe) -> list[str]:
     """The contract keys (and model, LoRA) whose value differs from the recipe the run started with, as
     `key: before -> now`. Training knobs (steps, learning rate, ...) may change on resume."""
-    import yaml
-
-    try:
-        before = yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+    before = read_started_recipe(run_dir)
+    if before is None:
         return []
     now = recipe.model_dump(mode="json")
     shown = lambda value: json.dumps(value)[:60]  # noqa: E731
@@ -254,9 +253,8 @@ def changed_since(run_dir: Path, recipe: Recipe) -> list[str]:
 def refuse_finished(run_dir: Path, recipe: Recipe) -> None:
     """A finished run resumes only toward more steps than it trained; otherwise --resume would train past its end
     and rewrite its facts."""
-    try:
-        facts = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    facts = read_run_facts(run_dir)
+    if facts is None:
         return
     step, reason = facts.get("global_step") or 0, facts.get("stop_reason")
     if reason in ("completed", "early_stopping") and (recipe.training.max_steps or 0) <= step:

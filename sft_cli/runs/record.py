@@ -93,3 +93,22 @@ def read_record(folder: Path) -> RunRecord:
             f"{path}: unreadable run record ({type(exc).__name__}: {exc})",
             hint="the file was edited or truncated; copy it from the run folder it came from",
         ) from None
+
+
+def read_started_recipe(folder: Path) -> dict | None:
+    """The resolved recipe a run started with (`recipe.yaml`), or None where the folder has none or it cannot be
+    read (a merged or exported model folder, a file edited by hand)."""
+    import yaml
+
+    try:
+        return yaml.safe_load((Path(folder) / RECIPE_FILE).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def read_run_facts(folder: Path) -> dict | None:
+    """What `run.json` says of a finished or stopped run, or None where the folder has none or it cannot be read."""
+    try:
+        return json.loads((Path(folder) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -23,10 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
 from sft_cli.errors import RecipeError, SftError
-from sft_cli.runs.record import RECIPE_FILE, RUN_FILE
+from sft_cli.runs.record import read_run_facts, read_started_recipe
 
 IDS_FILE = "trackers.json"
 # the modules each tracker needs, and the extra that installs them
@@ -113,7 +111,7 @@ class Trackers:
         self.open: dict[str, Any] = {}
 
     def start(self, recipe: dict, plan: dict) -> None:
-        ids = self._saved_ids() if self.resume_step is not None or self.reopen else {}
+        ids = saved_ids(self.run_dir) if self.resume_step is not None or self.reopen else {}
         for name in self.names:
             try:
                 self.open[name] = STARTERS[name](self, recipe, plan, ids.get(name))
@@ -127,15 +125,8 @@ class Trackers:
                 ) from None
         ids = {name: tracker.run_id for name, tracker in self.open.items() if tracker.run_id}
         if ids:  # beside the ids of trackers not opened now (after training, each is reopened on its own)
-            saved = {**self._saved_ids(), "project": self.project, **ids}
+            saved = {**saved_ids(self.run_dir), "project": self.project, **ids}
             (self.run_dir / IDS_FILE).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
-
-    def _saved_ids(self) -> dict:
-        path = self.run_dir / IDS_FILE
-        try:
-            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        except ValueError:
-            return {}
 
     def log(self, record: dict) -> None:
         self.log_named(metric_names(record), record["step"])
@@ -257,19 +248,26 @@ class Trackio:
 STARTERS = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": Wandb, "trackio": Trackio}
 
 
+def saved_ids(run_dir: Path) -> dict:
+    """trackers.json: each tracker's run id, and the project they log to ({} where there is none)."""
+    path = run_dir / IDS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
 def report_after_training(run_dir: Path, metrics: dict[str, float]) -> list[str]:
     """Send metrics measured after training to the trackers the run reported to, at its last step, into the same
     tracker runs. Returns one line for each tracker that could not take them (the metrics are on disk already)."""
-    if not (run_dir / RECIPE_FILE).is_file() or not (run_dir / RUN_FILE).is_file():
+    recipe, facts = read_started_recipe(run_dir), read_run_facts(run_dir)
+    if recipe is None or facts is None:
         return []  # a merged or exported model folder: no training run to report to
-    recipe = yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8")) or {}
     training = recipe.get("training") or {}
     names = training.get("report_to") or []
     if not names or not metrics:
         return []
-    saved = json.loads((run_dir / IDS_FILE).read_text(encoding="utf-8")) if (run_dir / IDS_FILE).is_file() else {}
-    project = saved.get("project") or training.get("tracker_project") or run_dir.name
-    facts = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    project = saved_ids(run_dir).get("project") or training.get("tracker_project") or run_dir.name
     problems = []
     for name in names:
         trackers = Trackers([name], run_dir, project, resume_step=None, reopen=True)
